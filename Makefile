@@ -1,0 +1,41 @@
+# The two set-up commands of the README:
+#   make demo   install into .venv/ and run the daemon on ./inbox with the sample jobs
+#   make test   install into .venv/ and run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+STAMP = $(VENV)/.installed
+
+.PHONY: demo test install bench lint clean-demo
+
+install: $(STAMP)
+
+# torch/opacus/syft are pinned by constraints.txt (torch 2.13.0 is the CPU wheel).
+$(STAMP): pyproject.toml constraints.txt plugins/pandacead_nss/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[opacus,syft,dev]' -e plugins/pandacead_nss
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/pandacead init --home .
+	@for f in examples/*.json; do \
+	  id=$$(basename $$f .json); \
+	  if [ ! -e outbox/$$id.json ] && [ ! -e outbox/$$id.error.json ]; then cp $$f inbox/; fi; \
+	done
+	$(BIN)/pandacead run --home . --once
+	@for f in outbox/*.json; do case $$f in *.dsse.json|*.error.json) ;; *) $(BIN)/pandacead verify --home . $$f ;; esac; done
+	$(BIN)/pandacead budget show --home .
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check pandacead plugins tests bench
+	$(BIN)/mypy
+
+clean-demo:
+	rm -rf outbox state pandacead.toml inbox/*.json

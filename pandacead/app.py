@@ -1,0 +1,122 @@
+"""Assembles a running pandacead: settings, plugins, signing key, datasets, trainer context."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pandacead.config import Settings
+from pandacead.hookspecs import hookimpl
+from pandacead.plugins import PluginInfo, Plugins, load_plugins
+from pandacead.signing import Ed25519Signer, keyid, load_private_key, load_public_key
+from pandacead.trainers import DatasetInfo, TrainerContext
+
+log = logging.getLogger("pandacead")
+
+
+class SignerPlugin:
+    """The built-in Ed25519 signer, registered like any other `pandacead_sign_artifact` plugin."""
+
+    def __init__(self, signer: Ed25519Signer):
+        self.signer = signer
+
+    @hookimpl
+    def pandacead_sign_artifact(self, payload: bytes) -> dict[str, str]:
+        return self.signer.sign(payload)
+
+
+def trusted_keys(settings: Settings) -> dict[str, Any]:
+    """Public keys that `verify` and recovery accept: the home's key(s) and state/keys/trusted/*.pub."""
+    keys: dict[str, Any] = {}
+    candidates = [settings.key_path.with_suffix(".pub")]
+    for d in (settings.state / "keys", settings.state / "keys" / "trusted"):
+        if d.is_dir():
+            candidates.extend(sorted(d.glob("*.pub")))
+    for path in candidates:
+        try:
+            pub = load_public_key(path)
+        except (OSError, Exception):
+            continue
+        keys[keyid(pub)] = pub
+    return keys
+
+
+def describe_datasets(settings: Settings) -> tuple[dict[str, DatasetInfo], dict[str, str]]:
+    from pandacead import datasets
+
+    specs: dict[str, Any] = dict(datasets.builtin_specs())
+    for name, spec in (settings.datasets or {}).items():
+        specs[name] = {**specs.get(name, {}), **spec}
+    infos: dict[str, DatasetInfo] = {}
+    errors: dict[str, str] = {}
+    for name, spec in specs.items():
+        try:
+            infos[name] = datasets.describe(name, spec, settings.home)
+        except Exception as exc:
+            errors[name] = str(exc)
+            log.error("dataset %s is unavailable: %s", name, exc)
+    return infos, errors
+
+
+def build_context(settings: Settings) -> TrainerContext:
+    infos, errors = describe_datasets(settings)
+    t = settings.trainer
+    return TrainerContext(
+        datasets=infos,
+        state_dir=str(settings.state),
+        torch_threads=int(t.get("torch_threads", 1)),
+        accountant=str(t.get("accountant", "prv")),
+        grad_sample_mode=str(t.get("grad_sample_mode", "hooks")),
+        secure_mode=bool(t.get("secure_mode", False)),
+        max_steps=int(t.get("max_steps", 200_000)),
+        options={"home": str(settings.home), "dataset_errors": errors, **(t.get("options") or {})},
+    )
+
+
+class App:
+    def __init__(self, settings: Settings, *, with_key: bool = True, with_datasets: bool = True):
+        self.settings = settings
+        self.plugins: Plugins = load_plugins(settings)
+        self.signer: Ed25519Signer | None = None
+        if with_key:
+            self.signer = Ed25519Signer(load_private_key(settings.key_path))
+            self.plugins.register(
+                SignerPlugin(self.signer), "signer",
+                PluginInfo(name="signer", module="pandacead.app", dist="pandacead", builtin=True),
+            )
+        self.public_keys = trusted_keys(settings)
+        if self.signer is not None:
+            self.public_keys[self.signer.keyid] = self.signer.key.public_key()
+        self.ctx = build_context(settings) if with_datasets else None
+
+    def reload(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ctx = build_context(settings)
+
+
+def ensure_home(settings: Settings) -> list[str]:
+    """Create the home's directories, config, ledger and key; returns what was created."""
+    from pandacead.config import CONFIG_NAME, DEFAULT_TOML
+    from pandacead.ledger import Ledger
+    from pandacead.signing import generate_key
+
+    created = []
+    cfg = settings.home / CONFIG_NAME
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if not cfg.exists():
+        cfg.write_text(DEFAULT_TOML, "utf-8")
+        created.append(str(cfg))
+    for d, mode in ((settings.inbox, 0o775), (settings.outbox, 0o755), (settings.state, 0o700),
+                    (settings.spool, 0o700), (settings.key_path.parent, 0o700)):
+        if not d.exists():
+            d.mkdir(parents=True, mode=mode)
+            created.append(str(d) + "/")
+    if not settings.ledger_path.exists():
+        Ledger.from_settings(settings, actor="init").close()
+        created.append(str(settings.ledger_path))
+    else:
+        Ledger.from_settings(settings, actor="init").close()  # applies pending migrations
+    if generate_key(Path(settings.key_path)):
+        created.append(str(settings.key_path))
+    return created

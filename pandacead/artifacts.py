@@ -1,0 +1,190 @@
+"""Artifacts and error reports: building, hashing (RFC 8785), atomic publishing, verification."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+
+from pandacead.jobs import ID_PATTERN, Job
+from pandacead.schemas import load_schema
+from pandacead.signing import statement, verify_envelope
+
+ERROR_SUFFIX = ".error.json"
+ENVELOPE_SUFFIX = ".dsse.json"
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def canonical(obj: Any) -> bytes:
+    return rfc8785.dumps(obj)
+
+
+def artifact_hash(artifact: dict[str, Any]) -> str:
+    """SHA-256 (hex) of the RFC 8785 canonical JSON of the artifact without `hash`."""
+    return hashlib.sha256(canonical({k: v for k, v in artifact.items() if k != "hash"})).hexdigest()
+
+
+def build_artifact(
+    job: Job, backend: str, result: Any, plan: Any, created_at: str | None = None
+) -> dict[str, Any]:
+    params = {
+        "epochs": job.epochs,
+        "batch_size": job.batch_size,
+        "learning_rate": job.learning_rate,
+        "model": {"type": job.model.type, "hidden": list(job.model.hidden)},
+        **result.training_params,
+    }
+    art: dict[str, Any] = {
+        "job_id": job.job_id,
+        "user_id": job.user_id,
+        "backend": backend,
+        "model": base64.b64encode(result.model).decode("ascii"),
+        "model_format": "safetensors",
+        "epsilon": result.epsilon,
+        "accuracy": result.accuracy,
+        "metrics": result.metrics,
+        "n": result.n,
+        "dp": {
+            "enabled": True,
+            "epsilon": job.dp.epsilon,
+            "delta": result.delta,
+            "clip": job.dp.clip,
+            "noise_multiplier": plan.noise_multiplier,
+        },
+        "seed": job.seed,
+        "created_at": created_at or utcnow(),
+        "dataset": job.dataset,
+        "task": job.task,
+        "training_params": params,
+    }
+    art["hash"] = artifact_hash(art)
+    return art
+
+
+def artifact_bytes(artifact: dict[str, Any]) -> bytes:
+    return (json.dumps(artifact, indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+
+def provenance(job: Job, backend: str, result: Any, plan: Any, started: str, finished: str, versions: dict[str, str]) -> dict[str, Any]:
+    return {
+        "job": job.to_dict(),
+        "backend": backend,
+        "versions": {**versions, **result.provenance.get("versions", {})},
+        "dataset": {"name": job.dataset, **{k: v for k, v in result.provenance.items() if k != "versions"}},
+        "privacy": {
+            "epsilon_spent": result.epsilon,
+            "delta": result.delta,
+            "epsilon_planned": plan.epsilon,
+            "noise_multiplier": plan.noise_multiplier,
+            "sample_rate": plan.sample_rate,
+            "steps": plan.steps,
+            "accountant": plan.accountant,
+        },
+        "started_at": started,
+        "finished_at": finished,
+    }
+
+
+def error_report(job_id: str, status: str, error: str, details: list[str]) -> dict[str, Any]:
+    return {"job_id": job_id, "status": status, "error": error, "details": list(details), "created_at": utcnow()}
+
+
+def safe_stem(name: str) -> str:
+    """An outcome name for a file whose job_id is unreadable: the file's stem, made safe."""
+    stem = name[:-5] if name.endswith(".json") else name
+    if ID_PATTERN.match(stem):
+        return stem
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-")[:80] or "job"
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{cleaned}-{digest}"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(path: Path, data: bytes, *, sync_dir: bool = True, mode: int = 0o644) -> None:
+    """Write `path` atomically: dot-temp file, fsync, rename over, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def artifact_statement(artifact_name: str, data: bytes, predicate: dict[str, Any]) -> dict[str, Any]:
+    return statement(artifact_name, data, predicate)
+
+
+def verify_artifact(
+    path: Path, keys: dict[str, Any], envelope_path: Path | None = None,
+    check_schema: bool = True,
+) -> list[str]:
+    """Every reason the artifact at `path` cannot be trusted; empty when it verifies."""
+    problems: list[str] = []
+    try:
+        data = path.read_bytes()
+        art = json.loads(data)
+    except OSError as exc:
+        return [f"cannot read {path}: {exc.strerror}"]
+    except ValueError:
+        return [f"{path} is not JSON"]
+    if not isinstance(art, dict):
+        return [f"{path} is not a JSON object"]
+    if art.get("hash") != artifact_hash(art):
+        problems.append("the artifact's hash field does not match its content")
+    if check_schema:
+        from jsonschema import Draft202012Validator
+
+        for err in Draft202012Validator(load_schema("artifact")).iter_errors(art):
+            where = ".".join(map(str, err.absolute_path)) or "(artifact)"
+            problems.append(f"schema: {where}: {err.message[:160]}")
+    env_path = envelope_path or path.with_name(path.name[: -len(".json")] + ENVELOPE_SUFFIX)
+    try:
+        env = json.loads(env_path.read_bytes())
+    except OSError:
+        return [*problems, f"the signature envelope {env_path.name} is missing"]
+    except ValueError:
+        return [*problems, f"the signature envelope {env_path.name} is not JSON"]
+    stmt, sig_problems = verify_envelope(env, keys)
+    problems.extend(sig_problems)
+    if stmt is not None:
+        subjects = stmt.get("subject") if isinstance(stmt, dict) else None
+        digest = hashlib.sha256(data).hexdigest()
+        ok = isinstance(subjects, list) and any(
+            isinstance(s, dict) and s.get("name") == path.name
+            and isinstance(s.get("digest"), dict) and s["digest"].get("sha256") == digest
+            for s in subjects
+        )
+        if not ok:
+            problems.append(f"the envelope does not name {path.name} with its sha256 {digest[:16]}…")
+    return problems
+
+
+Signer = Callable[[bytes], list[dict[str, str]]]

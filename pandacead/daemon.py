@@ -1,0 +1,250 @@
+"""The long-running daemon: watch inbox/, claim files, run them through the pipeline."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pandacead.app import App
+from pandacead.config import Settings, load_settings
+from pandacead.errors import ConfigError
+from pandacead.pipeline import Outcome, Pipeline
+from pandacead.sdnotify import Notifier
+from pandacead.spool import Spool, being_written, is_candidate, scan
+from pandacead.worker import WorkerPool
+
+log = logging.getLogger("pandacead.daemon")
+
+
+class _Events:
+    """watchdog handler: events only nudge the loop; the scan decides."""
+
+    def __init__(self, wake: threading.Event):
+        self.wake = wake
+        self.closed: set[str] = set()
+        self.lock = threading.Lock()
+
+    def dispatch(self, event: Any) -> None:
+        kind = event.event_type
+        path = getattr(event, "dest_path", "") or event.src_path
+        name = Path(path if isinstance(path, str) else path.decode()).name
+        if not is_candidate(name):
+            return
+        if kind in ("closed", "moved"):
+            with self.lock:
+                self.closed.add(name)
+        self.wake.set()
+
+    def take_closed(self) -> set[str]:
+        with self.lock:
+            out, self.closed = self.closed, set()
+        return out
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, once: bool = False, notifier: Notifier | None = None):
+        self.settings = settings
+        self.once = once
+        self.notifier = notifier or Notifier()
+        self.wake = threading.Event()
+        self.stop_requested = False
+        self.reload_requested = False
+        self.in_flight: dict[Future[Outcome], str] = {}
+        self.outcomes: list[Outcome] = []
+        self.closed_ready: set[str] = set()
+        self.first_seen: dict[str, tuple[int, float]] = {}
+
+    # -- signals --------------------------------------------------------------
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+        self.wake.set()
+
+    def _on_hup(self, signum: int, frame: Any) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+    # -- main -----------------------------------------------------------------
+
+    def run(self) -> int:
+        s = self.settings
+        if not s.ledger_path.exists() or not s.inbox.is_dir() or not s.outbox.is_dir():
+            raise ConfigError(f"{s.home} is not a pandacead home (no ledger or inbox); run `pandacead init --home {s.home}`.")
+        self.notifier.status("starting: loading plugins, key and datasets")
+        app = App(s)
+        self.app = app
+        spool = Spool(s.spool)
+        spool.acquire()
+        self.spool = spool
+        workers = int(s.daemon.get("workers", 1))
+        pool = WorkerPool(s.home, size=workers, max_jobs=int(s.trainer.get("worker_max_jobs", 50)))
+        self.pool = pool
+        assert app.ctx is not None
+        pipeline = Pipeline(s, app.plugins, app.ctx, spool.owner, pool=pool, public_keys=app.public_keys)
+        self.pipeline = pipeline
+        pipeline.ledger()  # migrations done before READY
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
+        self.executor = executor
+        observer = self._start_observer()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_term)
+            signal.signal(signal.SIGINT, self._on_term)
+            signal.signal(signal.SIGHUP, self._on_hup)
+        log.info(
+            "pandacead daemon %s started: home %s, inbox %s, trainers %s",
+            spool.owner, s.home, s.inbox, ", ".join(sorted(app.plugins.trainers)),
+        )
+        try:
+            adopted = spool.adopt_orphans()
+            if adopted:
+                log.warning("adopted %d job file(s) left by a daemon that stopped", len(adopted))
+            self._backlog = spool.pending()
+            if self._backlog:
+                log.info("settling %d job file(s) left in the spool", len(self._backlog))
+            self._tick(first=True)
+            self.notifier.ready(status=self._status())
+            while not self.stop_requested:
+                self.notifier.watchdog()
+                if self.reload_requested:
+                    self._reload()
+                self._tick()
+                if self.once and self._idle():
+                    break
+                self.wake.wait(timeout=self._wait_time())
+                self.wake.clear()
+            return 0
+        finally:
+            self._shutdown(observer)
+
+    def _status(self) -> str:
+        return f"{len(self.in_flight)} job(s) running, {len(self.outcomes)} done"
+
+    def _idle(self) -> bool:
+        return not self.in_flight and not self._backlog and not scan(self.settings.inbox)
+
+    def _wait_time(self) -> float:
+        t = float(self.settings.daemon.get("rescan_interval", 2.0))
+        if self.first_seen:
+            t = min(t, float(self.settings.daemon.get("settle_seconds", 0.5)) / 2 + 0.01)
+        return max(0.01, t)
+
+    def _start_observer(self) -> Any:
+        try:
+            from watchdog.observers import Observer
+        except Exception as exc:  # pragma: no cover
+            log.warning("watchdog is unavailable (%s); relying on periodic scans", exc)
+            return None
+        handler = _Events(self.wake)
+        self.events = handler
+        observer = Observer()
+        observer.schedule(handler, str(self.settings.inbox), recursive=False)
+        observer.daemon = True
+        try:
+            observer.start()
+        except OSError as exc:
+            log.warning("cannot watch %s (%s); relying on periodic scans", self.settings.inbox, exc)
+            return None
+        return observer
+
+    def _capacity(self) -> int:
+        return int(self.settings.daemon.get("workers", 1)) - len(self.in_flight)
+
+    def _submit(self, spooled: Path) -> None:
+        fut = self.executor.submit(self.pipeline.process, spooled)
+        self.in_flight[fut] = spooled.name
+        fut.add_done_callback(lambda f: self.wake.set())
+
+    def _reap(self) -> None:
+        for fut in [f for f in self.in_flight if f.done()]:
+            name = self.in_flight.pop(fut)
+            try:
+                self.outcomes.append(fut.result())
+            except Exception:
+                log.exception("processing %s crashed; it stays in the spool for the next start", name)
+        if self.outcomes:
+            self.outcomes = self.outcomes[-1000:]
+
+    def _tick(self, first: bool = False) -> None:
+        self._reap()
+        while self._backlog and self._capacity() > 0:
+            self._submit(self._backlog.pop(0))
+        if self._capacity() <= 0 or self.stop_requested:
+            return
+        s = self.settings
+        closed = self.events.take_closed() if hasattr(self, "events") else set()
+        self.closed_ready |= closed
+        settle = float(s.daemon.get("settle_seconds", 0.5))
+        now = time.time()
+        entries = scan(s.inbox)
+        present = {e.name for e in entries}
+        self.closed_ready &= present
+        self.first_seen = {k: v for k, v in self.first_seen.items() if k in present}
+        for e in entries:
+            if self._capacity() <= 0:
+                break
+            if e.kind == "file":
+                seen = self.first_seen.get(e.name)
+                stable = seen is not None and seen[0] == e.size and now - seen[1] >= settle
+                if seen is None or seen[0] != e.size:
+                    self.first_seen[e.name] = (e.size, now)
+                ready = e.name in self.closed_ready or now - e.mtime >= settle or stable
+                if not ready or being_written(s.inbox / e.name):
+                    continue
+            spooled = self.spool.claim(s.inbox, e.name)
+            self.closed_ready.discard(e.name)
+            self.first_seen.pop(e.name, None)
+            if spooled is None:
+                continue  # another daemon took it
+            from pandacead import faults
+
+            faults.point("claimed")
+            log.info("claimed %s", e.name)
+            self._submit(spooled)
+        self.notifier.status(self._status())
+
+    def _reload(self) -> None:
+        self.reload_requested = False
+        self.notifier.reloading(status="reloading configuration")
+        try:
+            settings = load_settings(self.settings.home)
+            from pandacead.logs import setup_logging
+
+            setup_logging(settings.data["logging"]["level"], settings.data["logging"]["format"])
+            self.app.reload(settings)
+            self.settings = settings
+            self.pipeline.settings = settings
+            assert self.app.ctx is not None
+            self.pipeline.ctx = self.app.ctx
+            log.info("configuration reloaded from %s", settings.home)
+        except Exception as exc:
+            log.error("reload failed, keeping the previous configuration: %s", exc)
+        self.notifier.ready(status=self._status())
+
+    def _shutdown(self, observer: Any) -> None:
+        self.notifier.stopping(status="stopping: finishing in-flight jobs")
+        if observer is not None:
+            with contextlib.suppress(Exception):
+                observer.stop()
+        deadline = time.monotonic() + float(self.settings.daemon.get("drain_timeout", 60.0))
+        while self.in_flight and time.monotonic() < deadline:
+            self.notifier.watchdog()
+            time.sleep(0.05)
+            self._reap()
+        if self.in_flight:
+            log.warning("%d job(s) still running at shutdown; handing them back to the spool", len(self.in_flight))
+            self.pool.hand_back()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self._reap()
+        self.pool.close()
+        self.spool.release()
+        log.info("pandacead daemon %s stopped", self.spool.owner)
+
+
+def run(settings: Settings, once: bool = False) -> int:
+    return Daemon(settings, once=once).run()

@@ -1,0 +1,249 @@
+"""Job parsing and validation: raw bytes in, a typed `Job` out, or every violation named."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from pandacead.errors import JobRejected
+from pandacead.schemas import load_schema
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_DEPTH = 16
+
+
+@dataclass(frozen=True)
+class DPParams:
+    enabled: bool = True
+    epsilon: float = 1.0
+    delta: float = 1e-5
+    clip: float = 1.0
+    noise_multiplier: float | None = None
+    accountant: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    type: str = "linear"
+    hidden: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job. Later stages use this, never the raw JSON."""
+
+    job_id: str
+    user_id: str
+    dataset: str = "synthetic"
+    task: str = "classification"
+    dp: DPParams = field(default_factory=DPParams)
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 0.01
+    seed: int = 42
+    backend: str | None = None
+    model: ModelSpec = field(default_factory=ModelSpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"]["hidden"] = list(self.model.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Job:
+        """Rebuild a job from `to_dict()` output (trusted: our own serialisation)."""
+        d = dict(d)
+        d["dp"] = DPParams(**d.get("dp", {}))
+        m = dict(d.get("model", {}))
+        m["hidden"] = tuple(m.get("hidden", ()))
+        d["model"] = ModelSpec(**m)
+        return cls(**d)
+
+
+class _BadJSON(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> float:
+    raise _BadJSON(f"non-finite number {name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BadJSON(f"number {text[:40]} is out of range (not finite)")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _BadJSON(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, d + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, d + 1) for v in item)
+    return deepest
+
+
+def _max_nesting(text: str) -> int:
+    # Counted on the text before json.loads so a deeply nested file cannot
+    # exhaust the parser's recursion; brackets inside strings only make this
+    # conservative.
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def parse_json(data: bytes) -> Any:
+    """Decode a job file strictly: UTF-8, no NaN/Infinity, no duplicate keys, bounded nesting."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobRejected(
+            "The job file is not valid UTF-8.", [f"byte {exc.start}: {exc.reason}"]
+        ) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if _max_nesting(text) > MAX_DEPTH:
+        raise JobRejected(
+            f"The job file nests deeper than {MAX_DEPTH} levels.", [f"nesting > {MAX_DEPTH}"]
+        )
+    try:
+        return json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_no_duplicates,
+        )
+    except _BadJSON as exc:
+        raise JobRejected(f"The job file is not acceptable JSON: {exc}.", [str(exc)]) from None
+    except json.JSONDecodeError as exc:
+        raise JobRejected(
+            f"The job file is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.",
+            [f"line {exc.lineno} column {exc.colno}: {exc.msg}"],
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise JobRejected(f"The job file is not valid JSON: {exc}.", [str(exc)]) from None
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(load_schema("job"))
+
+
+def _path(error: Any) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "(job)"
+
+
+def schema_violations(raw: Any) -> list[str]:
+    """Every schema violation of `raw`, each starting with the field it concerns."""
+    out = []
+    for err in sorted(_validator().iter_errors(raw), key=lambda e: list(map(str, e.absolute_path))):
+        message = err.message
+        if len(message) > 200:
+            message = message[:200] + "…"
+        if err.validator == "additionalProperties":
+            out.append(f"{_path(err)}: {message}")
+        else:
+            out.append(f"{_path(err)}: {message}")
+    return out
+
+
+def job_id_hint(raw: Any) -> str | None:
+    """The job's job_id if it is a well-formed one, for naming the error report."""
+    if isinstance(raw, dict):
+        jid = raw.get("job_id")
+        if isinstance(jid, str) and ID_PATTERN.match(jid):
+            return jid
+    return None
+
+
+def validate(raw: Any, *, default_user: str | None = None) -> Job:
+    """Turn parsed JSON into a `Job`, or raise JobRejected listing every violation."""
+    if isinstance(raw, dict) and "user_id" not in raw and default_user is not None:
+        raw = {**raw, "user_id": default_user}
+    violations = schema_violations(raw)
+    if isinstance(raw, dict):
+        if "user_id" not in raw:
+            violations.append("user_id: 'user_id' is a required property (whose budget pays)")
+        dp = raw.get("dp")
+        if isinstance(dp, dict) and dp.get("enabled") is False:
+            violations.append("dp.enabled: differential privacy cannot be disabled")
+        model = raw.get("model")
+        if isinstance(model, dict) and model.get("type", "linear") == "linear" and model.get("hidden"):
+            violations.append("model.hidden: a linear model has no hidden layers")
+    if violations:
+        if not isinstance(raw, dict):
+            summary = "The job must be a JSON object."
+        elif len(violations) == 1:
+            summary = f"The job is invalid: {violations[0]}."
+        else:
+            summary = f"The job has {len(violations)} problems, first: {violations[0]}."
+        raise JobRejected(summary, violations)
+    assert isinstance(raw, dict)
+    dp_raw = raw.get("dp", {})
+    model_raw = raw.get("model", {})
+    dp = DPParams(
+        enabled=True,
+        epsilon=float(dp_raw.get("epsilon", 1.0)),
+        delta=float(dp_raw.get("delta", 1e-5)),
+        clip=float(dp_raw.get("clip", 1.0)),
+        noise_multiplier=(
+            float(dp_raw["noise_multiplier"]) if dp_raw.get("noise_multiplier") is not None else None
+        ),
+        accountant=dp_raw.get("accountant"),
+    )
+    return Job(
+        job_id=raw["job_id"],
+        user_id=raw["user_id"],
+        dataset=raw.get("dataset", "synthetic"),
+        task=raw.get("task", "classification"),
+        dp=dp,
+        epochs=int(raw.get("epochs", 10)),
+        batch_size=int(raw.get("batch_size", 32)),
+        learning_rate=float(raw.get("learning_rate", 0.01)),
+        seed=int(raw.get("seed", 42)),
+        backend=raw.get("backend"),
+        model=ModelSpec(type=model_raw.get("type", "linear"), hidden=tuple(model_raw.get("hidden", ()))),
+    )
+
+
+def parse_job(data: bytes, *, default_user: str | None = None) -> Job:
+    """Bytes of a job file to a `Job` (or JobRejected)."""
+    return validate(parse_json(data), default_user=default_user)

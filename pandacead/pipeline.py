@@ -1,0 +1,387 @@
+"""The job pipeline: one function per stage, from a claimed file to exactly one outcome.
+
+    read → parse → select backend → plan → budget hooks → reserve → train
+         → artifact → sign → publish (envelope, then artifact) → commit → clean up
+
+Any stage may refuse (JobRejected) or fail (JobFailed); the job then ends in
+an error report and its reservation, if this file made one, is released. The
+ledger's `jobs` row (keyed by the spool file name) records how far a job got,
+so a daemon that restarts after a crash settles every spooled file exactly
+once: see `Pipeline.process`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pandacead import __version__, faults
+from pandacead.artifacts import (
+    ENVELOPE_SUFFIX,
+    ERROR_SUFFIX,
+    artifact_bytes,
+    build_artifact,
+    error_report,
+    fsync_dir,
+    provenance,
+    publish,
+    safe_stem,
+    utcnow,
+    verify_artifact,
+)
+from pandacead.errors import HandedBack, JobError, JobFailed, JobRejected
+from pandacead.jobs import Job, job_id_hint, parse_job, parse_json
+from pandacead.ledger import SLACK, Ledger
+from pandacead.signing import envelope, envelope_payload, statement
+from pandacead.spool import Oversized, SpecialFile, original_name, read_job_file
+from pandacead.trainers import PrivacyPlan, TrainerContext, TrainResult
+
+log = logging.getLogger("pandacead.job")
+
+
+@dataclass
+class Outcome:
+    job_id: str
+    status: str  # succeeded | rejected | failed
+    user_id: str | None = None
+    backend: str | None = None
+    epsilon: float | None = None
+    error: str | None = None
+    details: list[str] | None = None
+    artifact: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["artifact"] = str(self.artifact) if self.artifact else None
+        return d
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Any,
+        plugins: Any,
+        ctx: TrainerContext,
+        owner: str,
+        pool: Any = None,
+        public_keys: dict[str, Any] | None = None,
+    ):
+        self.settings = settings
+        self.plugins = plugins
+        self.ctx = ctx
+        self.owner = owner
+        self.pool = pool
+        self.public_keys = public_keys or {}
+        self._local = threading.local()
+        self.versions = {"pandacead": __version__, "python": platform.python_version()}
+
+    # -- plumbing -------------------------------------------------------------
+
+    def ledger(self) -> Ledger:
+        led = getattr(self._local, "ledger", None)
+        if led is None:
+            led = Ledger.from_settings(self.settings, actor=f"daemon:{self.owner}")
+            self._local.ledger = led
+        return led
+
+    def _trainer_call(self, trainer: Any, op: str, job: Job, plan: PrivacyPlan | None, progress: Any) -> Any:
+        if not getattr(trainer, "isolated", False):
+            if op == "plan":
+                return trainer.plan(job, self.ctx)
+            return trainer.train(job, plan, self.ctx, progress)
+        if self.pool is None:
+            raise JobFailed(f"Backend {trainer.name} needs a worker process, and none is configured.")
+        request = {"op": op, "trainer": trainer.name, "job": job.to_dict(), "ctx": self.ctx.to_dict()}
+        if plan is not None:
+            request["plan"] = plan.to_dict()
+        timeout = float(self.settings.trainer.get("timeout_seconds", 900))
+        with self.pool.worker() as w:
+            value = w.call(request, timeout=timeout if op == "train" else max(60.0, timeout / 10), on_progress=progress)
+        return PrivacyPlan.from_dict(value) if op == "plan" else TrainResult.from_dict(value)
+
+    # -- stages ---------------------------------------------------------------
+
+    def read(self, spooled: Path) -> bytes:
+        max_bytes = int(self.settings.daemon.get("max_job_bytes", 1_048_576))
+        try:
+            return read_job_file(spooled, max_bytes)
+        except SpecialFile as exc:
+            raise JobRejected(
+                f"{original_name(spooled)} is a {exc.kind}, not a regular file; it was not opened.",
+                [f"file: {exc.kind} in the inbox"],
+            ) from None
+        except Oversized as exc:
+            raise JobRejected(
+                f"{original_name(spooled)} is {exc.size} bytes, over the {max_bytes}-byte limit for a job file.",
+                [f"file: {exc.size} bytes > {max_bytes}"],
+            ) from None
+
+    def parse(self, data: bytes, default_user: str | None = None) -> Job:
+        return parse_job(data, default_user=default_user)
+
+    def select(self, job: Job) -> Any:
+        trainers = self.plugins.trainers
+        try:
+            name = self.plugins.hook.pandacead_select_trainer(job=job, trainers=trainers, config=self.settings)
+        except JobError:
+            raise
+        except Exception as exc:
+            raise JobRejected(f"Choosing a backend failed: {exc}.", [f"backend: {exc}"]) from None
+        if name not in trainers:
+            raise JobRejected(f"Backend {name!r} is not available on this host.", [f"backend: {name!r}"])
+        return trainers[name]
+
+    def plan(self, job: Job, trainer: Any) -> PrivacyPlan:
+        plan = self._trainer_call(trainer, "plan", job, None, None)
+        plan.check()
+        if plan.epsilon > job.dp.epsilon * (1 + SLACK):
+            raise JobRejected(
+                f"The job would spend ε={plan.epsilon:.4g}, more than the ε={job.dp.epsilon:g} it requested.",
+                [f"dp.epsilon: planned ε {plan.epsilon:.6g} > requested {job.dp.epsilon:g}"],
+            )
+        return plan
+
+    def check_budget(self, job: Job, plan: PrivacyPlan) -> None:
+        """Every budget hook may veto; an exception in one is a veto (fail closed)."""
+        hook = self.plugins.hook.pandacead_check_budget
+        for impl in reversed(hook.get_hookimpls()):
+            try:
+                veto = impl.function(job=job, plan=plan, ledger=self.ledger())
+            except Exception as exc:
+                raise JobRejected(
+                    f"The budget check {impl.plugin_name} failed ({type(exc).__name__}: {exc}); the job is refused.",
+                    [f"budget: check {impl.plugin_name} raised {type(exc).__name__}"],
+                ) from None
+            if veto:
+                raise JobRejected(str(veto), [f"budget: {veto}"])
+
+    def train(self, job: Job, trainer: Any, plan: PrivacyPlan, row_id: int) -> TrainResult:
+        led = self.ledger()
+        last = [0.0]
+
+        def progress(p: dict[str, Any]) -> None:
+            log.info(
+                "job %s progress: epoch %s/%s loss %.4g ε %.4g", job.job_id, p.get("epoch"), p.get("epochs"),
+                p.get("loss") or float("nan"), p.get("epsilon") or float("nan"),
+                extra={"job_id": job.job_id, "user_id": job.user_id},
+            )
+            now = time.monotonic()
+            if now - last[0] >= 0.5 or p.get("epoch") == p.get("epochs"):
+                last[0] = now
+                with contextlib.suppress(Exception):
+                    led.job_progress(row_id, p)
+
+        result = self._trainer_call(trainer, "train", job, plan, progress)
+        if not (isinstance(result.epsilon, (int, float)) and math.isfinite(result.epsilon) and result.epsilon > 0):
+            raise JobFailed(f"Backend {trainer.name} reported an unusable ε ({result.epsilon!r}).")
+        if result.epsilon > plan.epsilon * (1 + SLACK) or result.delta > plan.delta * (1 + SLACK):
+            raise JobFailed(
+                f"Backend {trainer.name} spent ε={result.epsilon:.6g}, δ={result.delta:.3g}, more than planned"
+                f" (ε={plan.epsilon:.6g}, δ={plan.delta:.3g}); the result is discarded.",
+            )
+        return result
+
+    def sign(self, stmt: dict[str, Any]) -> dict[str, Any]:
+        payload = envelope_payload(stmt)
+        try:
+            sigs = [s for s in self.plugins.hook.pandacead_sign_artifact(payload=payload) if s]
+        except Exception as exc:
+            raise JobFailed(f"Signing the artifact failed: {type(exc).__name__}: {exc}.") from None
+        if not sigs:
+            raise JobFailed("No signer is configured; an unsigned artifact is never published.")
+        return envelope(stmt, sigs)
+
+    def publish_success(
+        self, job: Job, trainer: Any, plan: PrivacyPlan, result: TrainResult, started: str
+    ) -> Path:
+        outbox = self.settings.outbox
+        art = build_artifact(job, trainer.name, result, plan)
+        data = artifact_bytes(art)
+        name = f"{job.job_id}.json"
+        pred = provenance(job, trainer.name, result, plan, started, art["created_at"], self.versions)
+        env = self.sign(statement(name, data, pred))
+        env_bytes = (json.dumps(env, indent=2) + "\n").encode("utf-8")
+        # The envelope goes first: whoever sees <job_id>.json finds its signature beside it.
+        publish(outbox / f"{job.job_id}{ENVELOPE_SUFFIX}", env_bytes, sync_dir=False)
+        faults.point("envelope_published")
+        publish(outbox / name, data, sync_dir=False)
+        fsync_dir(outbox)
+        faults.point("artifact_published")
+        return outbox / name
+
+    def publish_error(self, outcome_name: str, status: str, error: str, details: list[str]) -> Path:
+        path = self.settings.outbox / f"{outcome_name}{ERROR_SUFFIX}"
+        report = error_report(outcome_name, status, error, details)
+        publish(path, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        return path
+
+    def cleanup(self, spooled: Path, set_aside: bool = False) -> None:
+        """Remove the claimed file (special files are moved to state/rejected/ instead)."""
+        if set_aside:
+            dest = self.settings.rejected_dir
+            dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(spooled, dest / spooled.name)
+            return
+        try:
+            if spooled.is_dir() and not spooled.is_symlink():
+                shutil.rmtree(spooled)
+            else:
+                os.unlink(spooled)
+        except FileNotFoundError:
+            pass
+
+    # -- the whole run --------------------------------------------------------
+
+    def process(self, spooled: Path, default_user: str | None = None) -> Outcome:
+        """Drive one claimed file to exactly one outcome, resuming where a crash left it."""
+        led = self.ledger()
+        fname = spooled.name
+        prior = led.job_by_file(fname)
+        if prior is not None and prior["status"] in ("rejected", "failed"):
+            # Recorded but maybe not published before a crash: publish (again) and clean up.
+            self.publish_error(prior["job_id"], prior["status"], prior["error"] or "", prior.get("details") or [])
+            self.cleanup(spooled, set_aside=_is_special(spooled))
+            return Outcome(prior["job_id"], prior["status"], prior["user_id"], prior["backend"],
+                           error=prior["error"], details=prior.get("details"))
+        if prior is not None and prior["status"] == "succeeded":
+            self.cleanup(spooled)
+            return Outcome(prior["job_id"], "succeeded", prior["user_id"], prior["backend"], prior["epsilon"])
+
+        job: Job | None = None
+        trainer: Any = None
+        row_id: int | None = prior["id"] if prior else None
+        outcome_name = safe_stem(original_name(spooled))
+        try:
+            data = self.read(spooled)
+            with contextlib.suppress(JobError):
+                outcome_name = job_id_hint(parse_json(data)) or outcome_name
+            job = self.parse(data, default_user)
+            faults.point("parsed")
+            extra = {"job_id": job.job_id, "user_id": job.user_id}
+            log.info("job %s validated (user %s, dataset %s)", job.job_id, job.user_id, job.dataset, extra=extra)
+            trainer = self.select(job)
+            if prior is not None:
+                return self._resume(spooled, job, trainer, prior)
+            plan = self.plan(job, trainer)
+            faults.point("planned")
+            self.check_budget(job, plan)
+            row_id = led.reserve(job.job_id, job.user_id, plan, trainer.name, owner=fname, file=fname)
+            faults.point("reserved")
+            log.info(
+                "job %s reserved ε=%.6g δ=%.3g on %s (σ=%s, q=%s, steps=%s)", job.job_id, plan.epsilon,
+                plan.delta, trainer.name, _fmt(plan.noise_multiplier), _fmt(plan.sample_rate), plan.steps,
+                extra=extra,
+            )
+            return self._train_and_publish(spooled, job, trainer, plan, row_id)
+        except JobError as exc:
+            return self._fail(spooled, job, outcome_name, exc, trainer, row_id)
+        except HandedBack:
+            log.info("job %s handed back: the daemon is stopping; it resumes at the next start", outcome_name)
+            raise
+        except Exception as exc:  # an unexpected bug still ends the job cleanly, fail closed
+            log.exception("job %s: internal error", outcome_name)
+            err = JobFailed(f"Internal error while processing the job: {type(exc).__name__}: {exc}.")
+            return self._fail(spooled, job, outcome_name, err, trainer, row_id)
+
+    def _train_and_publish(
+        self, spooled: Path, job: Job, trainer: Any, plan: PrivacyPlan, row_id: int
+    ) -> Outcome:
+        extra = {"job_id": job.job_id, "user_id": job.user_id}
+        started = utcnow()
+        result = self.train(job, trainer, plan, row_id)
+        faults.point("trained")
+        log.info("job %s trained: ε=%.6g accuracy=%s", job.job_id, result.epsilon, _fmt(result.accuracy), extra=extra)
+        path = self.publish_success(job, trainer, plan, result, started)
+        log.info("job %s published %s", job.job_id, path.name, extra=extra)
+        self.ledger().commit(job.job_id, result.epsilon, result.delta, row_id=row_id)
+        faults.point("committed")
+        log.info("job %s committed ε=%.6g δ=%.3g for user %s", job.job_id, result.epsilon, result.delta,
+                 job.user_id, extra=extra)
+        self.cleanup(spooled)
+        out = Outcome(job.job_id, "succeeded", job.user_id, trainer.name, result.epsilon, artifact=path)
+        self._notify(job, out)
+        return out
+
+    def _resume(self, spooled: Path, job: Job, trainer: Any, prior: dict[str, Any]) -> Outcome:
+        """A job a crashed daemon had reserved: commit what it published, or train it again."""
+        led = self.ledger()
+        extra = {"job_id": job.job_id, "user_id": job.user_id}
+        spend = led.spend(job.job_id)
+        row_id = prior["id"]
+        if spend is None or spend["owner"] != spooled.name:
+            raise JobFailed(f"Job {job.job_id} lost its reservation during a crash; it was not run.")
+        if spend["state"] == "committed":
+            led.job_event(job.job_id, "succeeded", row_id=row_id, epsilon=spend["epsilon"])
+            self.cleanup(spooled)
+            return Outcome(job.job_id, "succeeded", job.user_id, spend["backend"], spend["epsilon"])
+        if spend["state"] == "released":
+            raise JobFailed(f"Job {job.job_id} was interrupted and its reservation released.")
+        art_path = self.settings.outbox / f"{job.job_id}.json"
+        if art_path.exists() and not verify_artifact(art_path, self.public_keys):
+            art = json.loads(art_path.read_bytes())
+            if art.get("user_id") == job.user_id and art.get("job_id") == job.job_id:
+                log.info("job %s recovered: its artifact was published before a crash", job.job_id, extra=extra)
+                led.commit(job.job_id, float(art["epsilon"]), float(art["dp"]["delta"]), row_id=row_id)
+                self.cleanup(spooled)
+                out = Outcome(job.job_id, "succeeded", job.user_id, spend["backend"], art["epsilon"], artifact=art_path)
+                self._notify(job, out)
+                return out
+        attempts = led.bump_attempts(row_id)
+        if attempts >= int(self.settings.daemon.get("max_attempts", 3)):
+            raise JobFailed(f"Job {job.job_id} was interrupted {attempts} times and is given up.")
+        plan = self.plan(job, trainer)
+        if plan.epsilon > spend["epsilon_reserved"] * (1 + SLACK) or plan.delta > spend["delta_reserved"] * (1 + SLACK):
+            raise JobFailed(f"Job {job.job_id}: its plan changed since its reservation; it was not run again.")
+        log.info("job %s resumed after a crash (attempt %d)", job.job_id, attempts + 1, extra=extra)
+        return self._train_and_publish(spooled, job, trainer, plan, row_id)
+
+    def _fail(
+        self, spooled: Path, job: Job | None, outcome_name: str, exc: JobError, trainer: Any, row_id: int | None
+    ) -> Outcome:
+        job_id = job.job_id if job else outcome_name
+        user_id = job.user_id if job else None
+        backend = getattr(trainer, "name", None)
+        extra = {"job_id": job_id, "user_id": user_id}
+        led = self.ledger()
+        led.settle_failure(
+            job_id, user_id, exc.status, exc.message, exc.details, owner=spooled.name, file=spooled.name,
+            backend=backend, row_id=row_id,
+        )
+        faults.point("error_recorded")
+        self.publish_error(job_id, exc.status, exc.message, exc.details)
+        faults.point("error_published")
+        log.warning("job %s %s: %s", job_id, exc.status, exc.message, extra=extra)
+        self.cleanup(spooled, set_aside=_is_special(spooled))
+        out = Outcome(job_id, exc.status, user_id, backend, error=exc.message, details=exc.details)
+        self._notify(job, out)
+        return out
+
+    def _notify(self, job: Job | None, outcome: Outcome) -> None:
+        try:
+            self.plugins.hook.pandacead_job_finished(job=job, outcome=outcome.to_dict())
+        except Exception as exc:
+            log.error("a pandacead_job_finished hook failed: %s", exc)
+
+
+def _is_special(path: Path) -> bool:
+    try:
+        import stat as _stat
+
+        return not _stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

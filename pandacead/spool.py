@@ -1,0 +1,216 @@
+"""Inbox scanning, claiming by atomic rename, safe reading, and the per-daemon spool.
+
+Each running daemon owns one spool directory (state/spool/<owner>/) and holds
+an flock on its `.lock` for as long as it lives. A file is claimed by one
+`rename` from inbox/ into that directory, so two daemons never take the same
+file. At start a daemon adopts the spool directories of daemons that are gone
+(their lock is free) and settles what they left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
+F_RDLCK = getattr(fcntl, "F_RDLCK", 0)
+F_UNLCK = getattr(fcntl, "F_UNLCK", 2)
+
+
+def is_candidate(name: str) -> bool:
+    """Only `*.json` names, never dotfiles (careful writers use `.x.json` or `x.tmp`, then rename)."""
+    return name.endswith(".json") and not name.startswith(".") and len(name) > 5
+
+
+def new_owner_id() -> str:
+    return f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    kind: str  # "file" | "symlink" | "directory" | "fifo" | "socket" | "device" | "other"
+    size: int
+    mtime: float
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "other"
+
+
+def scan(inbox: Path) -> list[Entry]:
+    """Candidate entries of the inbox, oldest first. Never follows links or opens anything."""
+    out = []
+    try:
+        it = os.scandir(inbox)
+    except FileNotFoundError:
+        return []
+    with it:
+        for de in it:
+            if not is_candidate(de.name):
+                continue
+            try:
+                st = de.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            out.append(Entry(de.name, _kind(st.st_mode), st.st_size, st.st_mtime))
+    out.sort(key=lambda e: (e.mtime, e.name))
+    return out
+
+
+def being_written(path: Path) -> bool:
+    """True when some process still has the file open for writing (Linux read lease test).
+
+    Taking a read lease fails with EAGAIN while the file is open for writing.
+    Leases need file ownership or CAP_LEASE; without them this says False and
+    the caller relies on the settle time.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        try:
+            fcntl.fcntl(fd, F_SETLEASE, F_RDLCK)
+        except OSError as exc:
+            return exc.errno in (errno.EAGAIN, errno.EBUSY)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, F_SETLEASE, F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    def __init__(self, root: Path, owner: str | None = None):
+        self.root = root
+        self.owner = owner or new_owner_id()
+        self.dir = root / self.owner
+        self._lock_fd: int | None = None
+        self._seq = 0
+
+    def acquire(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Give up the spool dir; it is removed when empty."""
+        if self._lock_fd is None:
+            return
+        if not self.pending():
+            with contextlib.suppress(OSError):
+                os.unlink(self.dir / ".lock")
+                os.rmdir(self.dir)
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    def pending(self) -> list[Path]:
+        """Job files in our spool, in claim order."""
+        if not self.dir.exists():
+            return []
+        return sorted(p for p in self.dir.iterdir() if not p.name.startswith("."))
+
+    def adopt_orphans(self) -> list[str]:
+        """Move files from the spools of dead daemons into ours; returns the names adopted."""
+        adopted: list[str] = []
+        for d in sorted(self.root.iterdir()) if self.root.exists() else []:
+            if d == self.dir or not d.is_dir() or d.is_symlink():
+                continue
+            try:
+                fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # its daemon is alive
+                for p in sorted(d.iterdir()):
+                    if p.name.startswith("."):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rename(p, self.dir / p.name)
+                        adopted.append(p.name)
+                with contextlib.suppress(OSError):
+                    os.unlink(d / ".lock")
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+            finally:
+                os.close(fd)
+        return adopted
+
+    def claim(self, inbox: Path, name: str) -> Path | None:
+        """Atomically take inbox/name; None if someone else took it first."""
+        self._seq += 1
+        target = self.dir / f"{time.time_ns():020d}-{self._seq:06d}-{name}"
+        try:
+            os.rename(inbox / name, target)
+        except FileNotFoundError:
+            return None
+        return target
+
+
+def original_name(spooled: Path) -> str:
+    """The inbox name a spooled file had."""
+    parts = spooled.name.split("-", 2)
+    return parts[2] if len(parts) == 3 else spooled.name
+
+
+class SpecialFile(Exception):
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self.kind = kind
+
+
+class Oversized(Exception):
+    def __init__(self, size: int):
+        super().__init__(size)
+        self.size = size
+
+
+def read_job_file(path: Path, max_bytes: int) -> bytes:
+    """Read a claimed file without following links, blocking on FIFOs or reading past max_bytes."""
+    st = os.lstat(path)
+    kind = _kind(st.st_mode)
+    if kind != "file":
+        raise SpecialFile(kind)
+    if st.st_size > max_bytes:
+        raise Oversized(st.st_size)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SpecialFile("symlink") from None
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecialFile(_kind(st.st_mode))
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise Oversized(len(data))
+    return data

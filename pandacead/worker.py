@@ -1,0 +1,297 @@
+"""Trainer worker processes: isolation for trainers that import heavy libraries.
+
+The daemon talks to a worker over its stdin/stdout in JSON lines (never
+pickle). A worker stays warm across jobs: torch/opacus (and a syft datasite)
+are imported once. A worker that crashes, hangs past the job's timeout or is
+killed by its memory limit fails that one job and is replaced.
+
+Request:  {"op": "plan"|"train"|"ping", "trainer": name, "job": {...}, "ctx": {...}, "plan": {...}}
+Replies:  {"type": "progress", ...}*  then  {"type": "result", "value": {...}}
+          or {"type": "error", "status": "rejected"|"failed", "message": str, "details": [str]}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import resource
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pandacead.errors import HandedBack, JobFailed, JobRejected
+
+log = logging.getLogger("pandacead.worker")
+
+MAX_LINE = 256 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _serve(home: str) -> int:
+    proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)  # stray prints from libraries go to stderr, not into the protocol
+    sys.stdout = sys.stderr
+    from pandacead.config import load_settings
+    from pandacead.errors import JobError
+    from pandacead.jobs import Job
+    from pandacead.logs import setup_logging
+    from pandacead.plugins import load_plugins
+    from pandacead.trainers import PrivacyPlan, TrainerContext
+
+    settings = load_settings(home)
+    setup_logging(settings.data["logging"].get("level", "INFO"), settings.data["logging"].get("format", "auto"))
+    limit = int(settings.trainer.get("memory_limit_mb", 0) or 0)
+    if limit > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (limit * 1024 * 1024, limit * 1024 * 1024))
+    plugins = load_plugins(settings)
+
+    def send(msg: dict[str, Any]) -> None:
+        proto.write(json.dumps(msg, allow_nan=False) + "\n")
+        proto.flush()
+
+    send({"type": "hello", "pid": os.getpid(), "trainers": sorted(plugins.trainers)})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        op = req.get("op")
+        if op == "ping":
+            send({"type": "result", "value": "pong"})
+            continue
+        try:
+            trainer = plugins.trainers.get(req.get("trainer"))
+            if trainer is None:
+                raise JobRejected(f"Backend {req.get('trainer')!r} is not available in the worker.")
+            ctx = TrainerContext.from_dict(req["ctx"])
+            job = Job.from_dict(req["job"])
+            if op == "plan":
+                value = trainer.plan(job, ctx).to_dict()
+            elif op == "train":
+                plan = PrivacyPlan.from_dict(req["plan"])
+                if os.environ.get("PANDACEAD_FAULT") == "worker_crash":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                value = trainer.train(
+                    job, plan, ctx, lambda p: send({"type": "progress", **_jsonable(p)})
+                ).to_dict()
+            else:
+                raise ValueError(f"unknown op {op!r}")
+            send({"type": "result", "value": value})
+        except JobError as exc:
+            send({"type": "error", "status": exc.status, "message": exc.message, "details": exc.details})
+        except MemoryError:
+            send({"type": "error", "status": "failed",
+                  "message": f"The training ran out of memory (limit {limit} MB).", "details": []})
+        except Exception as exc:
+            tb = traceback.format_exc().strip().splitlines()[-12:]
+            send({"type": "error", "status": "failed",
+                  "message": f"The trainer failed: {type(exc).__name__}: {exc}", "details": tb})
+    return 0
+
+
+def _jsonable(obj: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in obj.items():
+        if isinstance(v, float) and v != v:
+            v = None
+        out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------- daemon side
+
+
+class WorkerProcess:
+    """One warm worker process."""
+
+    def __init__(self, home: Path, env: dict[str, str] | None = None, stopping: threading.Event | None = None):
+        self.home = home
+        self.env = env
+        self.stopping = stopping or threading.Event()
+        self.jobs_done = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._buf = b""
+
+    def start(self) -> None:
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pandacead.worker", "--home", str(self.home)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # a SIGINT at the terminal goes to the daemon, which decides
+        )
+        hello = self._read(timeout=120.0, on_progress=None)
+        if hello.get("type") != "hello":
+            raise JobFailed(f"The worker process did not start properly: {hello}.")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(Exception):
+                if stream:
+                    stream.close()
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(Exception):
+            assert self.proc.stdin
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        self.kill()
+
+    def _death(self) -> str:
+        assert self.proc is not None
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=5)
+        rc = self.proc.returncode
+        if rc is not None and rc < 0:
+            name = signal.Signals(-rc).name
+            if -rc == signal.SIGKILL:
+                return f"the worker process was killed ({name}; out of memory?)"
+            return f"the worker process died of {name}"
+        return f"the worker process exited unexpectedly (exit code {rc})"
+
+    def _read(self, timeout: float, on_progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
+        try:
+            while True:
+                nl = self._buf.find(b"\n")
+                if nl >= 0:
+                    line, self._buf = self._buf[:nl], self._buf[nl + 1:]
+                    msg = json.loads(line)
+                    if msg.get("type") == "progress":
+                        if on_progress is not None:
+                            with contextlib.suppress(Exception):
+                                on_progress({k: v for k, v in msg.items() if k != "type"})
+                        continue
+                    return msg
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                if not sel.select(timeout=min(remaining, 1.0)):
+                    continue
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    raise EOFError
+                self._buf += chunk
+                if len(self._buf) > MAX_LINE:
+                    raise JobFailed("The worker sent an oversized reply.")
+        finally:
+            sel.close()
+
+    def call(
+        self, request: dict[str, Any], timeout: float,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Any:
+        if not self.alive:
+            self.start()
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode("utf-8"))
+            self.proc.stdin.flush()
+            msg = self._read(timeout, on_progress)
+        except TimeoutError:
+            self.kill()
+            if self.stopping.is_set():
+                raise HandedBack() from None
+            raise JobFailed(f"The training did not finish within {timeout:g} s and was stopped.") from None
+        except (EOFError, BrokenPipeError, OSError, ValueError):
+            if self.stopping.is_set():
+                self.kill()
+                raise HandedBack() from None
+            why = self._death()
+            self.kill()
+            raise JobFailed(f"The training stopped because {why}.") from None
+        if msg.get("type") == "result":
+            return msg.get("value")
+        details = [str(d) for d in msg.get("details") or []]
+        if msg.get("status") == "rejected":
+            raise JobRejected(str(msg.get("message")), details)
+        raise JobFailed(str(msg.get("message")), details)
+
+
+class WorkerPool:
+    """Warm workers handed out one job at a time; replaced after a failure or N jobs."""
+
+    def __init__(self, home: Path, size: int, max_jobs: int = 50, env: dict[str, str] | None = None):
+        self.home = home
+        self.max_jobs = max_jobs
+        self.env = env
+        self._idle: queue.LifoQueue[WorkerProcess] = queue.LifoQueue()
+        self._all: list[WorkerProcess] = []
+        self.stopping = threading.Event()
+        for _ in range(size):
+            w = WorkerProcess(home, env, self.stopping)
+            self._all.append(w)
+            self._idle.put(w)
+
+    @contextlib.contextmanager
+    def worker(self) -> Any:
+        w = self._idle.get()
+        try:
+            yield w
+        finally:
+            w.jobs_done += 1
+            if w.alive and self.max_jobs and w.jobs_done >= self.max_jobs * 2:
+                # plan + train count as two calls
+                w.stop()
+                w.jobs_done = 0
+            self._idle.put(w)
+
+    def prewarm(self) -> None:
+        for w in self._all:
+            with contextlib.suppress(Exception):
+                if not w.alive:
+                    w.start()
+
+    def hand_back(self) -> None:
+        """Stop the running trainings; their jobs stay spooled and resume at the next start."""
+        self.stopping.set()
+        for w in self._all:
+            w.kill()
+
+    def close(self) -> None:
+        for w in self._all:
+            w.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pandacead.worker")
+    parser.add_argument("--home", required=True)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return _serve(args.home)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
