@@ -73,6 +73,9 @@ class Daemon:
     # -- main -----------------------------------------------------------------
 
     def run(self) -> int:
+        import faulthandler
+
+        faulthandler.enable()  # systemd's watchdog sends SIGABRT: the stacks go to the journal
         s = self.settings
         if not s.ledger_path.exists() or not s.inbox.is_dir() or not s.outbox.is_dir():
             raise ConfigError(f"{s.home} is not a pandacead home (no ledger or inbox); run `pandacead init --home {s.home}`.")
@@ -132,6 +135,9 @@ class Daemon:
         t = float(self.settings.daemon.get("rescan_interval", 2.0))
         if self.first_seen:
             t = min(t, float(self.settings.daemon.get("settle_seconds", 0.5)) / 2 + 0.01)
+        wd = self.notifier.watchdog_interval()
+        if wd:
+            t = min(t, wd / 2)  # WATCHDOG=1 comes from this loop, so it must turn often enough
         return max(0.01, t)
 
     def _start_observer(self) -> Any:

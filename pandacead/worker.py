@@ -126,6 +126,8 @@ class WorkerProcess:
     def start(self) -> None:
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            env.pop(name, None)  # only the daemon's main loop talks to systemd
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pandacead.worker", "--home", str(self.home)],
             stdin=subprocess.PIPE,
