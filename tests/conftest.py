@@ -120,7 +120,8 @@ class DaemonProc:
         return rc
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return Path(self.log.name).read_text(errors="replace")
 
 

@@ -1,0 +1,561 @@
+"""Datasets an earner offers: descriptions (public metadata) and loading.
+
+Two calls, deliberately separate:
+
+* `describe(name, spec, base_dir)` reads a registered dataset once and returns
+  a `DatasetInfo` — row/feature/class counts and a content digest. Trainers plan
+  a job's privacy cost from this description alone, before any data is loaded
+  for training.
+* `load(info, base_dir)` returns the arrays, split into a training part and a
+  held-out part. The split is seeded from the dataset digest, so every job on
+  the same data sees the same held-out rows. The digest is checked again:
+  data that changed since it was described fails the job.
+
+Kinds of dataset (a spec is one ``[datasets.<name>]`` table of the config):
+
+* ``synthetic`` (built in): ``{"kind": "synthetic", "rows": 1000,
+  "features": 10, "seed": 0}`` — standard-normal features, label
+  ``x0 + x1 > 0`` (the seed project's task). Its digest is the SHA-256 of the
+  canonical generator spec.
+* ``csv`` / ``parquet``: ``{"kind", "path", "label": <column>, "task":
+  "classification"|"regression"}`` and optionally ``"features": [columns]``
+  (default: every other column) and ``"holdout_fraction"`` (default 0.2).
+  CSV needs a header row. Its digest is ``sha256:<hex>`` of the file bytes.
+* ``npz``: as above, but ``"features"`` and ``"label"`` name arrays (default
+  ``"X"`` and ``"y"``). Loaded with ``allow_pickle=False``.
+
+Features must be numeric and finite. Classification labels may be numbers or
+strings; they are remapped to ``0..k-1`` in sorted order (the original labels
+are kept in ``info.source["classes"]``). Regression labels must be numeric.
+
+Only numpy is imported here; pyarrow is imported lazily, for parquet only.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pandacead.errors import JobFailed, JobRejected
+from pandacead.trainers import DatasetInfo
+
+__all__ = [
+    "DatasetError",
+    "DEFAULT_HOLDOUT_FRACTION",
+    "MAX_CLASSES",
+    "builtin_specs",
+    "describe",
+    "load",
+    "split_indices",
+    "split_seed",
+    "synthetic_arrays",
+]
+
+DEFAULT_HOLDOUT_FRACTION = 0.2
+#: More distinct labels than this in a classification dataset is a registration mistake.
+MAX_CLASSES = 1000
+SYNTHETIC_GENERATOR = "pandacead.synthetic.v1"
+_SYNTHETIC_MAX_ROWS = 10_000_000
+_SYNTHETIC_MAX_CELLS = 200_000_000
+_FILE_KINDS = ("csv", "npz", "parquet")
+_TASKS = ("classification", "regression")
+
+# (kind, resolved path, size, mtime_ns, spec) -> DatasetInfo
+_DESCRIBE_CACHE: dict[tuple[Any, ...], DatasetInfo] = {}
+
+
+class DatasetError(JobRejected, ValueError):
+    """A dataset is misregistered or unreadable (a ValueError and a JobRejected)."""
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def builtin_specs() -> dict[str, dict[str, Any]]:
+    """The datasets every host offers, with their default specs."""
+    return {
+        "synthetic": {
+            "kind": "synthetic",
+            "rows": 1000,
+            "features": 10,
+            "seed": 0,
+            "task": "classification",
+            "holdout_fraction": DEFAULT_HOLDOUT_FRACTION,
+        }
+    }
+
+
+def _err(name: str, sentence: str, *details: str) -> DatasetError:
+    return DatasetError(f"Dataset {name!r}: {sentence}", list(details) or [sentence])
+
+
+def _holdout(name: str, spec: dict[str, Any]) -> float:
+    f = spec.get("holdout_fraction", DEFAULT_HOLDOUT_FRACTION)
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0 < float(f) < 1):
+        raise _err(name, f"holdout_fraction must be a number strictly between 0 and 1, not {f!r}.")
+    return float(f)
+
+
+def _check_split(name: str, n_rows: int, fraction: float) -> None:
+    n_test = int(round(n_rows * fraction))
+    if n_test < 1 or n_rows - n_test < 1:
+        raise _err(
+            name,
+            f"{n_rows} rows cannot be split into training and held-out rows "
+            f"with holdout_fraction {fraction}.",
+        )
+
+
+def _int_field(name: str, spec: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    v = spec.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not (lo <= v <= hi):
+        raise _err(name, f"{key} must be an integer in [{lo}, {hi}], not {v!r}.")
+    return int(v)
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def _synthetic_source(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    rows = _int_field(name, spec, "rows", 1000, 10, _SYNTHETIC_MAX_ROWS)
+    features = _int_field(name, spec, "features", 10, 2, 10_000)
+    seed = _int_field(name, spec, "seed", 0, 0, 2**63 - 1)
+    if rows * features > _SYNTHETIC_MAX_CELLS:
+        raise _err(name, f"rows × features must be at most {_SYNTHETIC_MAX_CELLS}.")
+    task = spec.get("task", "classification")
+    if task != "classification":
+        raise _err(name, f"the synthetic dataset is a classification task, not {task!r}.")
+    return {
+        "kind": "synthetic",
+        "generator": SYNTHETIC_GENERATOR,
+        "rows": rows,
+        "features": features,
+        "seed": seed,
+    }
+
+
+def _synthetic_digest(source: dict[str, Any]) -> str:
+    canon = {k: source[k] for k in ("generator", "rows", "features", "seed")}
+    return "sha256:" + hashlib.sha256(_canonical(canon)).hexdigest()
+
+
+def synthetic_arrays(rows: int, features: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic task: X ~ N(0, 1)^features (float32), y = 1[x0 + x1 > 0] (int64)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((rows, features)).astype(np.float32)
+    y = (X[:, 0].astype(np.float64) + X[:, 1].astype(np.float64) > 0).astype(np.int64)
+    return X, y
+
+
+# --------------------------------------------------------------------------- file readers
+
+
+def _resolve(name: str, spec: dict[str, Any], base_dir: Path | str) -> Path:
+    raw = spec.get("path")
+    if not isinstance(raw, str) or not raw:
+        raise _err(name, "a file dataset needs a 'path'.")
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    return path
+
+
+def _read_bytes(name: str, path: Path) -> tuple[bytes, os.stat_result]:
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            data = fh.read()
+    except FileNotFoundError:
+        raise _err(name, f"file {str(path)!r} does not exist.") from None
+    except IsADirectoryError:
+        raise _err(name, f"{str(path)!r} is a directory, not a data file.") from None
+    except OSError as exc:
+        raise _err(name, f"file {str(path)!r} cannot be read: {exc.strerror or exc}.") from None
+    return data, st
+
+
+def _file_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _to_float_column(name: str, column: str, values: np.ndarray, *, row_offset: int) -> np.ndarray:
+    """Strings/objects -> float64; error names the column and first bad row."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        pass  # find the first offending cell for the message
+    out = np.empty(len(values), dtype=np.float64)
+    for i, v in enumerate(values):
+        text = v.strip() if isinstance(v, str) else v
+        if text == "" or text is None:
+            raise _err(name, f"column {column!r} has a missing value at row {i + row_offset}.")
+        try:
+            out[i] = float(text)
+        except (TypeError, ValueError):
+            raise _err(
+                name,
+                f"column {column!r} is not numeric (row {i + row_offset}: {str(v)[:40]!r}).",
+            ) from None
+    return out
+
+
+def _parse_csv(name: str, data: bytes, spec: dict[str, Any]) -> tuple[list[str], dict[str, np.ndarray]]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _err(name, f"the CSV file is not UTF-8 (byte {exc.start}).") from None
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    while rows and not any(cell.strip() for cell in rows[-1]):
+        rows.pop()
+    if not rows:
+        raise _err(name, "the CSV file is empty.")
+    header = [h.strip() for h in rows[0]]
+    if len(set(header)) != len(header):
+        raise _err(name, "the CSV header repeats a column name.")
+    body = rows[1:]
+    for i, row in enumerate(body):
+        if len(row) != len(header):
+            raise _err(
+                name,
+                f"CSV row {i + 2} has {len(row)} fields, the header has {len(header)}.",
+            )
+    table = np.array(body, dtype=object).reshape(len(body), len(header))
+    return header, {h: table[:, j] for j, h in enumerate(header)}
+
+
+def _parse_parquet(name: str, data: bytes) -> tuple[list[str], dict[str, np.ndarray]]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise _err(name, "reading Parquet needs pyarrow, which is not installed.") from None
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except Exception as exc:
+        raise _err(name, f"the Parquet file cannot be read: {exc}.") from None
+    cols: dict[str, np.ndarray] = {}
+    for col_name in table.column_names:
+        col = table.column(col_name)
+        t = col.type
+        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+            if col.null_count:
+                raise _err(name, f"column {col_name!r} has {col.null_count} missing values.")
+            cols[col_name] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+        else:
+            cols[col_name] = np.asarray(col.to_pylist(), dtype=object)
+    return list(table.column_names), cols
+
+
+def _parse_npz(name: str, data: bytes, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    xkey = spec.get("features", "X")
+    ykey = spec.get("label", "y")
+    if not isinstance(xkey, str) or not isinstance(ykey, str):
+        raise _err(name, "for npz, 'features' and 'label' name arrays in the file (default X, y).")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            names = list(npz.files)
+            missing = [k for k in (xkey, ykey) if k not in names]
+            if missing:
+                raise _err(
+                    name,
+                    f"the npz file has no array {missing[0]!r} (arrays: {', '.join(names) or 'none'}).",
+                )
+            X = npz[xkey]
+            y = npz[ykey]
+    except DatasetError:
+        raise
+    except ValueError as exc:
+        # allow_pickle=False refuses object arrays: never unpickle outside data.
+        raise _err(name, f"the npz file cannot be read without pickle: {exc}.") from None
+    except Exception as exc:
+        raise _err(name, f"the npz file cannot be read: {exc}.") from None
+    if X.ndim == 1:
+        X = X.reshape(-1, 1)
+    if X.ndim != 2:
+        raise _err(name, f"array {xkey!r} must be 2-dimensional (rows × features), not {X.shape}.")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.reshape(-1)
+    if y.ndim != 1:
+        raise _err(name, f"array {ykey!r} must be 1-dimensional, not {y.shape}.")
+    if len(X) != len(y):
+        raise _err(name, f"array {xkey!r} has {len(X)} rows but {ykey!r} has {len(y)}.")
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_):
+        raise _err(name, f"array {xkey!r} is not numeric (dtype {X.dtype}).")
+    return X.astype(np.float64), y
+
+
+def _table_arrays(
+    name: str, header: list[str], cols: dict[str, np.ndarray], spec: dict[str, Any], *, csv_rows: bool
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    label = spec.get("label")
+    if not isinstance(label, str) or not label:
+        raise _err(name, "a csv/parquet dataset needs 'label', the name of its label column.")
+    if label not in cols:
+        raise _err(
+            name,
+            f"label column {label!r} is not in the file (columns: {', '.join(header)[:300]}).",
+        )
+    features = spec.get("features")
+    if features is None:
+        features = [h for h in header if h != label]
+    elif not (isinstance(features, list) and all(isinstance(f, str) for f in features)):
+        raise _err(name, "'features' must be a list of column names.")
+    if not features:
+        raise _err(name, "there are no feature columns besides the label.")
+    unknown = [f for f in features if f not in cols]
+    if unknown:
+        raise _err(name, f"feature column {unknown[0]!r} is not in the file.")
+    if label in features:
+        raise _err(name, f"the label column {label!r} cannot also be a feature.")
+    n = len(cols[label])
+    X = np.empty((n, len(features)), dtype=np.float64)
+    offset = 2 if csv_rows else 0  # CSV rows are numbered as in the file (header = row 1)
+    for j, f in enumerate(features):
+        col = cols[f]
+        if col.dtype == object:
+            col = _to_float_column(name, f, col, row_offset=offset)
+        X[:, j] = col
+    return X, cols[label], list(features)
+
+
+def _check_features(name: str, X: np.ndarray, columns: list[str] | None) -> None:
+    if X.shape[0] == 0:
+        raise _err(name, "the file has no data rows.")
+    if X.shape[1] == 0:
+        raise _err(name, "the file has no feature columns.")
+    bad = ~np.isfinite(X)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        what = "NaN" if np.isnan(X[r, c]) else "an infinite value"
+        col = repr(columns[c]) if columns else f"{c}"
+        raise _err(name, f"feature {col} has {what} at row {r} (features must be finite numbers).")
+
+
+def _labels(name: str, y: np.ndarray, task: str) -> tuple[np.ndarray, list[Any] | None]:
+    """Classification: (codes 0..k-1 int64, classes). Regression: (float64, None)."""
+    if task == "regression":
+        if y.dtype == object:
+            y = _to_float_column(name, "label", y, row_offset=0)
+        if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+            raise _err(name, f"a regression label must be numeric, not {y.dtype}.")
+        y = y.astype(np.float64)
+        if not np.all(np.isfinite(y)):
+            r = int(np.argwhere(~np.isfinite(y))[0][0])
+            raise _err(name, f"the label has NaN or an infinite value at row {r}.")
+        return y, None
+    if y.dtype == object:
+        # CSV/parquet text labels: numbers if every value is one, else strings.
+        texts = [v.strip() if isinstance(v, str) else v for v in y]
+        if any(v is None or v == "" for v in texts):
+            raise _err(name, "the label column has missing values.")
+        try:
+            nums = np.array([float(v) for v in texts], dtype=np.float64)
+        except (TypeError, ValueError):
+            y = np.array([str(v) for v in texts], dtype=object)
+        else:
+            y = nums
+    if y.dtype != object:
+        if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+            raise _err(name, f"the label has an unsupported type {y.dtype}.")
+        yf = y.astype(np.float64)
+        if not np.all(np.isfinite(yf)):
+            r = int(np.argwhere(~np.isfinite(yf))[0][0])
+            raise _err(name, f"the label has NaN or an infinite value at row {r}.")
+        if np.all(yf == np.round(yf)):
+            y = yf.astype(np.int64)
+        else:
+            raise _err(
+                name,
+                "a classification label must be integers or strings, not fractional numbers "
+                "(is the task regression?).",
+            )
+    classes, codes = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise _err(name, f"a classification label needs at least 2 classes, found {len(classes)}.")
+    if len(classes) > MAX_CLASSES:
+        raise _err(name, f"the label has {len(classes)} classes, more than {MAX_CLASSES}.")
+    return codes.astype(np.int64).reshape(-1), [c.item() if hasattr(c, "item") else c for c in classes]
+
+
+def _parse_file(
+    name: str, kind: str, data: bytes, spec: dict[str, Any], task: str
+) -> tuple[np.ndarray, np.ndarray, list[Any] | None, list[str] | None]:
+    columns: list[str] | None
+    if kind == "npz":
+        X, y_raw = _parse_npz(name, data, spec)
+        columns = None
+    elif kind == "csv":
+        header, cols = _parse_csv(name, data, spec)
+        X, y_raw, columns = _table_arrays(name, header, cols, spec, csv_rows=True)
+    else:
+        header, cols = _parse_parquet(name, data)
+        X, y_raw, columns = _table_arrays(name, header, cols, spec, csv_rows=False)
+    _check_features(name, X, columns)
+    y, classes = _labels(name, y_raw, task)
+    return X, y, classes, columns
+
+
+def _file_task(name: str, spec: dict[str, Any]) -> str:
+    task = spec.get("task")
+    if task not in _TASKS:
+        raise _err(name, f"'task' must be 'classification' or 'regression', not {task!r}.")
+    return str(task)
+
+
+# --------------------------------------------------------------------------- describe / load
+
+
+def describe(name: str, spec: dict[str, Any], base_dir: Path | str) -> DatasetInfo:
+    """Public metadata of a registered dataset: counts and content digest, no training.
+
+    Raises DatasetError (a ValueError and a JobRejected) naming the problem.
+    """
+    if not isinstance(spec, dict):
+        raise _err(name, "its spec must be a table of settings.")
+    kind = spec.get("kind")
+    if kind == "synthetic":
+        source = _synthetic_source(name, spec)
+        fraction = _holdout(name, spec)
+        _check_split(name, source["rows"], fraction)
+        return DatasetInfo(
+            name=name,
+            task="classification",
+            n_rows=source["rows"],
+            n_features=source["features"],
+            n_classes=2,
+            digest=_synthetic_digest(source),
+            source={**source, "classes": [0, 1]},
+            holdout_fraction=fraction,
+        )
+    if kind not in _FILE_KINDS:
+        raise _err(name, f"unknown kind {kind!r} (expected synthetic, csv, npz or parquet).")
+    task = _file_task(name, spec)
+    fraction = _holdout(name, spec)
+    path = _resolve(name, spec, base_dir)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise _err(name, f"file {str(path)!r} does not exist.") from None
+    except OSError as exc:
+        raise _err(name, f"file {str(path)!r} cannot be read: {exc.strerror or exc}.") from None
+    key = (name, kind, str(path.resolve()), st.st_size, st.st_mtime_ns, _canonical(spec))
+    cached = _DESCRIBE_CACHE.get(key)
+    if cached is not None:
+        return cached
+    data, fst = _read_bytes(name, path)
+    X, y, classes, columns = _parse_file(name, kind, data, spec, task)
+    n_rows, n_features = X.shape
+    _check_split(name, n_rows, fraction)
+    source: dict[str, Any] = {"kind": kind, "path": spec["path"], "bytes": len(data)}
+    if kind == "npz":
+        source["features"] = spec.get("features", "X")
+        source["label"] = spec.get("label", "y")
+    else:
+        source["label"] = spec["label"]
+        source["features"] = columns
+    if classes is not None:
+        source["classes"] = classes
+    info = DatasetInfo(
+        name=name,
+        task=task,
+        n_rows=int(n_rows),
+        n_features=int(n_features),
+        n_classes=len(classes) if classes is not None else None,
+        digest=_file_digest(data),
+        source=source,
+        holdout_fraction=fraction,
+    )
+    # Keyed by what was actually read (fstat of the open file).
+    key = (name, kind, str(path.resolve()), fst.st_size, fst.st_mtime_ns, _canonical(spec))
+    _DESCRIBE_CACHE[key] = info
+    return info
+
+
+def split_seed(digest: str) -> int:
+    """The held-out split's seed: the first 64 bits of the dataset digest."""
+    hexpart = digest.split(":", 1)[-1]
+    try:
+        return int(hexpart[:16], 16)
+    except ValueError:
+        return int.from_bytes(hashlib.sha256(digest.encode()).digest()[:8], "big")
+
+
+def split_indices(n_rows: int, holdout_fraction: float, digest: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, test_idx), a permutation seeded by the digest; n_test = round(n·f)."""
+    n_test = int(round(n_rows * holdout_fraction))
+    perm = np.random.default_rng(split_seed(digest)).permutation(n_rows)
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def load(
+    info: DatasetInfo, base_dir: Path | str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(X_train, y_train, X_test, y_test): float32 features; int64 classes or float32 targets.
+
+    Raises JobFailed if the data no longer matches `info` (digest or shape).
+    """
+    name = info.name
+    src = dict(info.source)
+    kind = src.get("kind")
+    if kind == "synthetic":
+        digest = _synthetic_digest(src)
+        if digest != info.digest:
+            raise JobFailed(
+                f"Dataset {name!r}: the generator spec does not match its digest.",
+                [f"digest: expected {info.digest}, spec gives {digest}"],
+            )
+        X, y = synthetic_arrays(src["rows"], src["features"], src["seed"])
+    elif kind in _FILE_KINDS:
+        path = _resolve(name, src, base_dir)
+        try:
+            data, _ = _read_bytes(name, path)
+        except DatasetError as exc:
+            raise JobFailed(exc.message, exc.details) from None
+        digest = _file_digest(data)
+        if digest != info.digest:
+            raise JobFailed(
+                f"Dataset {name!r} changed since it was registered (its digest differs); "
+                "restart or reload the daemon to describe it again.",
+                [f"digest: expected {info.digest}, file has {digest}"],
+            )
+        spec = {"label": src.get("label"), "features": src.get("features")}
+        if kind == "npz":
+            spec = {"label": src.get("label", "y"), "features": src.get("features", "X")}
+        try:
+            X64, y, classes, _ = _parse_file(name, kind, data, spec, info.task)
+        except DatasetError as exc:
+            raise JobFailed(exc.message, exc.details) from None
+        if info.task == "classification" and "classes" in src and classes != src["classes"]:
+            raise JobFailed(f"Dataset {name!r}: its classes differ from the registered ones.")
+        X = X64.astype(np.float32)
+    else:
+        raise JobFailed(f"Dataset {name!r} has an unknown kind {kind!r}.")
+    if X.shape != (info.n_rows, info.n_features):
+        raise JobFailed(
+            f"Dataset {name!r} has shape {X.shape}, registered as "
+            f"({info.n_rows}, {info.n_features}).",
+        )
+    if info.task == "classification":
+        y = np.asarray(y, dtype=np.int64)
+    else:
+        y = np.asarray(y, dtype=np.float32)
+    train_idx, test_idx = split_indices(info.n_rows, info.holdout_fraction, info.digest)
+    if len(train_idx) != info.n_train:  # pragma: no cover - same formula as DatasetInfo
+        raise JobFailed(f"Dataset {name!r}: split size {len(train_idx)} != n_train {info.n_train}.")
+    return (
+        np.ascontiguousarray(X[train_idx]),
+        np.ascontiguousarray(y[train_idx]),
+        np.ascontiguousarray(X[test_idx]),
+        np.ascontiguousarray(y[test_idx]),
+    )
