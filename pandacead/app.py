@@ -74,6 +74,47 @@ def build_context(settings: Settings) -> TrainerContext:
     )
 
 
+NOISE_KEY_NAME = "noise.key"
+
+
+def noise_key_path(settings: Settings) -> Path:
+    return settings.state / "keys" / NOISE_KEY_NAME
+
+
+def ensure_noise_key(settings: Settings) -> bool:
+    """A host secret (0600) from which each job's noise/sampling seed is derived. False if present."""
+    import os
+
+    path = noise_key_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(os.urandom(32))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def load_noise_key(settings: Settings) -> bytes:
+    import os
+    import stat
+
+    from pandacead.errors import ConfigError
+
+    path = noise_key_path(settings)
+    ensure_noise_key(settings)
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077:
+        raise ConfigError(f"The noise key {path} must be a regular file readable only by its owner (chmod 600).")
+    data = path.read_bytes()
+    if len(data) < 16:
+        raise ConfigError(f"The noise key {path} is too short; delete it to have a new one made.")
+    return data
+
+
 class App:
     def __init__(self, settings: Settings, *, with_key: bool = True, with_datasets: bool = True):
         self.settings = settings
@@ -85,6 +126,7 @@ class App:
                 SignerPlugin(self.signer), "signer",
                 PluginInfo(name="signer", module="pandacead.app", dist="pandacead", builtin=True),
             )
+        self.noise_key = load_noise_key(settings) if with_key else b""
         self.public_keys = trusted_keys(settings)
         if self.signer is not None:
             self.public_keys[self.signer.keyid] = self.signer.key.public_key()
@@ -119,4 +161,6 @@ def ensure_home(settings: Settings) -> list[str]:
         Ledger.from_settings(settings, actor="init").close()  # applies pending migrations
     if generate_key(Path(settings.key_path)):
         created.append(str(settings.key_path))
+    if ensure_noise_key(settings):
+        created.append(str(noise_key_path(settings)))
     return created

@@ -208,7 +208,8 @@ def train(home: str | None, user_id: str | None, mock: bool) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         assert app.ctx is not None
-        outcome = Pipeline(s, app.plugins, app.ctx, spool.owner, pool=pool, public_keys=app.public_keys).process(
+        outcome = Pipeline(s, app.plugins, app.ctx, spool.owner, pool=pool, public_keys=app.public_keys,
+                        noise_key=app.noise_key).process(
             spooled, default_user=user_id
         )
     finally:

@@ -89,7 +89,8 @@ class Daemon:
         pool = WorkerPool(s.home, size=workers, max_jobs=int(s.trainer.get("worker_max_jobs", 50)))
         self.pool = pool
         assert app.ctx is not None
-        pipeline = Pipeline(s, app.plugins, app.ctx, spool.owner, pool=pool, public_keys=app.public_keys)
+        pipeline = Pipeline(s, app.plugins, app.ctx, spool.owner, pool=pool, public_keys=app.public_keys,
+                        noise_key=app.noise_key)
         self.pipeline = pipeline
         pipeline.ledger()  # migrations done before READY
         executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")

@@ -94,7 +94,9 @@ class MockTrainer:
         arch = {"type": "linear", "in_features": d, "out_features": out, "task": job.task, "n_classes": classes}
         model = save(
             {"weight": W.T.astype(np.float32).copy(), "bias": b.astype(np.float32)},
-            metadata={"architecture": json.dumps(arch), "backend": "mock"},
+            # One metadata key: safetensors writes several in hash-map order,
+            # which would make the bytes (and the artifact hash) vary run to run.
+            metadata={"architecture": json.dumps({**arch, "backend": "mock"}, sort_keys=True)},
         )
         buf = io.BytesIO(model)
         return TrainResult(

@@ -13,6 +13,9 @@ once: see `Pipeline.process`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import hmac
 import json
 import logging
 import math
@@ -75,6 +78,7 @@ class Pipeline:
         owner: str,
         pool: Any = None,
         public_keys: dict[str, Any] | None = None,
+        noise_key: bytes = b"",
     ):
         self.settings = settings
         self.plugins = plugins
@@ -82,6 +86,7 @@ class Pipeline:
         self.owner = owner
         self.pool = pool
         self.public_keys = public_keys or {}
+        self.noise_key = noise_key
         self._local = threading.local()
         self.versions = {"pandacead": __version__, "python": platform.python_version()}
 
@@ -94,14 +99,29 @@ class Pipeline:
             self._local.ledger = led
         return led
 
+    def job_context(self, job: Job) -> TrainerContext:
+        """The trainer context for one job, with its secret noise seed.
+
+        DP noise and Poisson sampling must not be predictable by the buyer, who
+        chooses `job.seed`: they are seeded from HMAC(host noise key, job_id, seed),
+        which is reproducible on this host (crash recovery retrains identically)
+        and unknown outside it.
+        """
+        if not self.noise_key:
+            return self.ctx
+        mac = hmac.new(self.noise_key, f"{job.job_id}\0{job.seed}".encode(), hashlib.sha256).digest()
+        seed = int.from_bytes(mac[:8], "big") >> 1
+        return dataclasses.replace(self.ctx, options={**self.ctx.options, "noise_seed": seed})
+
     def _trainer_call(self, trainer: Any, op: str, job: Job, plan: PrivacyPlan | None, progress: Any) -> Any:
+        ctx = self.job_context(job)
         if not getattr(trainer, "isolated", False):
             if op == "plan":
-                return trainer.plan(job, self.ctx)
-            return trainer.train(job, plan, self.ctx, progress)
+                return trainer.plan(job, ctx)
+            return trainer.train(job, plan, ctx, progress)
         if self.pool is None:
             raise JobFailed(f"Backend {trainer.name} needs a worker process, and none is configured.")
-        request = {"op": op, "trainer": trainer.name, "job": job.to_dict(), "ctx": self.ctx.to_dict()}
+        request = {"op": op, "trainer": trainer.name, "job": job.to_dict(), "ctx": ctx.to_dict()}
         if plan is not None:
             request["plan"] = plan.to_dict()
         timeout = float(self.settings.trainer.get("timeout_seconds", 900))

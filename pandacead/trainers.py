@@ -53,7 +53,12 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class TrainerContext:
-    """Settings a trainer may read. Built by the daemon from config; JSON-serialisable."""
+    """Settings a trainer may read. Built by the daemon from config; JSON-serialisable.
+
+    `options["noise_seed"]` (per job) is a secret seed for everything the privacy
+    guarantee needs hidden — DP noise and Poisson sampling. `job.seed` is chosen by
+    the buyer and may seed only what can be public (initial weights, the split).
+    """
 
     datasets: dict[str, DatasetInfo]
     state_dir: str

@@ -1,0 +1,373 @@
+"""Check a trainer against pandacead's trainer contract (for plugin authors and for our own tests).
+
+    from pandacead.testing import check_trainer, make_context, make_job
+
+    def test_my_trainer_keeps_the_contract(tmp_path):
+        check_trainer(MyTrainer(), make_job(backend="mine"), make_context(tmp_path))
+
+`check_trainer` raises AssertionError with a sentence saying what is wrong.
+It checks, in order:
+
+1. identity: `name` is a valid backend name, `isolated` is a bool, `plan` and
+   `train` are callable;
+2. `plan` reads no data (it runs with `pandacead.datasets.load` patched to
+   raise), returns a sane `PrivacyPlan` (finite positive ε, δ in (0, 1),
+   ε ≤ the job's ε, δ ≤ the job's δ, a JSON-serialisable plan with a sane RDP
+   curve if any) and returns the same cost when asked twice;
+3. refusal: for requests that cannot be honoured (by default ε = 1e-6 and
+   δ = 0.5) `plan` raises `JobRejected`, again without reading data;
+4. `train`, given the plan after a JSON round trip (as an isolated trainer
+   receives it), spends at most the plan (ε ≤ plan ε, δ ≤ plan δ), returns
+   sane fields (n ≥ 1, accuracy None or in [0, 1], JSON-serialisable
+   metrics/params/provenance, progress events that are JSON objects with
+   ε ≤ plan ε) and a model that loads as safetensors with finite tensors;
+5. determinism: a second `train` with the same job gives identical model
+   bytes (skipped when the context is in `secure_mode`).
+
+For pytest, subclass `TrainerContract` in a test module and provide the
+fixtures `trainer`, `job` and `ctx`: each check becomes its own test.
+
+Trainers must read training data only through `pandacead.datasets.load`
+(called as an attribute of the module, or imported by name: both are
+patched), so that "plan touches no data" can be verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pandacead.errors import JobRejected
+from pandacead.jobs import DPParams, Job
+from pandacead.trainers import PrivacyPlan, TrainerContext, TrainResult
+
+__all__ = [
+    "DataTouched",
+    "TrainerContract",
+    "check_deterministic",
+    "check_model",
+    "check_plan",
+    "check_refusals",
+    "check_train",
+    "check_trainer",
+    "impossible_jobs",
+    "make_context",
+    "make_job",
+    "no_data_access",
+]
+
+BACKEND_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class DataTouched(AssertionError):
+    """Raised by the patched `pandacead.datasets.load` while data access is forbidden."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_job(job_id: str = "contract-check", user_id: str = "contract-tester", dp: dict[str, Any] | None = None, **fields: Any) -> Job:
+    """A `Job` with the schema's defaults; `dp` overrides fields of `DPParams`."""
+    return Job(job_id=job_id, user_id=user_id, dp=DPParams(**(dp or {})), **fields)
+
+
+def make_context(
+    state_dir: str | Path,
+    datasets: Iterable[str] | None = None,
+    base_dir: str | Path | None = None,
+    **fields: Any,
+) -> TrainerContext:
+    """A `TrainerContext` over pandacead's built-in datasets (all of them unless `datasets` names some)."""
+    from pandacead import datasets as ds
+
+    base = Path(base_dir) if base_dir is not None else Path(state_dir)
+    specs = ds.builtin_specs()
+    names = list(specs) if datasets is None else list(datasets)
+    infos = {name: ds.describe(name, specs[name], base) for name in names}
+    options = {"home": str(base), **dict(fields.pop("options", {}) or {})}
+    return TrainerContext(datasets=infos, state_dir=str(state_dir), options=options, **fields)
+
+
+def impossible_jobs(job: Job) -> list[Job]:
+    """Requests no trainer may accept: ε = 1e-6 (nothing useful is that private) and δ = 0.5."""
+    return [
+        dataclasses.replace(job, job_id=f"{job.job_id}-tiny-epsilon", dp=dataclasses.replace(job.dp, epsilon=1e-6)),
+        dataclasses.replace(job, job_id=f"{job.job_id}-huge-delta", dp=dataclasses.replace(job.dp, delta=0.5)),
+    ]
+
+
+@contextlib.contextmanager
+def no_data_access() -> Iterator[list[tuple[Any, ...]]]:
+    """Within the block, `pandacead.datasets.load` (and every module-level alias of it) raises `DataTouched`.
+
+    Yields the list of attempted calls, so a trainer that swallows the exception is caught too.
+    """
+    from pandacead import datasets as ds
+
+    original = ds.load
+    calls: list[tuple[Any, ...]] = []
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        raise DataTouched("pandacead.datasets.load was called while no data may be touched")
+
+    patched: list[tuple[Any, str]] = []
+    for module in list(sys.modules.values()):
+        try:
+            namespace = vars(module)
+        except TypeError:
+            continue
+        for attr, value in list(namespace.items()):
+            if value is original:
+                patched.append((module, attr))
+    try:
+        for module, attr in patched:
+            setattr(module, attr, forbidden)
+        yield calls
+    finally:
+        for module, attr in patched:
+            setattr(module, attr, original)
+
+
+def _fail(trainer: Any, message: str) -> AssertionError:
+    return AssertionError(f"trainer {getattr(trainer, 'name', trainer)!r}: {message}")
+
+
+def _finite_positive(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _json(trainer: Any, what: str, value: Any) -> str:
+    try:
+        return json.dumps(value, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise _fail(trainer, f"{what} is not JSON-serialisable ({exc})") from None
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_identity(trainer: Any) -> None:
+    name = getattr(trainer, "name", None)
+    if not isinstance(name, str) or not BACKEND_NAME.match(name):
+        raise _fail(trainer, f"name {name!r} is not a backend name matching {BACKEND_NAME.pattern}")
+    if not isinstance(getattr(trainer, "isolated", None), bool):
+        raise _fail(trainer, "has no boolean attribute `isolated`")
+    for method in ("plan", "train"):
+        if not callable(getattr(trainer, method, None)):
+            raise _fail(trainer, f"has no callable `{method}`")
+
+
+def _plan_without_data(trainer: Any, job: Job, ctx: TrainerContext) -> PrivacyPlan:
+    with no_data_access() as calls:
+        try:
+            plan = trainer.plan(job, ctx)
+        except DataTouched:
+            raise _fail(trainer, "plan() read training data (pandacead.datasets.load); it must only use the job and dataset metadata") from None
+        except JobRejected as exc:
+            if calls:
+                raise _fail(trainer, "plan() read training data before rejecting the job") from None
+            raise _fail(trainer, f"plan() rejected a job it should accept: {exc.message}") from None
+    if calls:
+        raise _fail(trainer, "plan() read training data (pandacead.datasets.load) and hid the error")
+    return plan
+
+
+def check_plan(trainer: Any, job: Job, ctx: TrainerContext) -> PrivacyPlan:
+    """Plan `job` with data access forbidden and check the plan; returns it."""
+    plan = _plan_without_data(trainer, job, ctx)
+    if not isinstance(plan, PrivacyPlan):
+        raise _fail(trainer, f"plan() returned {type(plan).__name__}, not a PrivacyPlan")
+    if not _finite_positive(plan.epsilon):
+        raise _fail(trainer, f"planned ε {plan.epsilon!r} is not a finite positive number")
+    if not (_finite_positive(plan.delta) and plan.delta < 1):
+        raise _fail(trainer, f"planned δ {plan.delta!r} is not in (0, 1)")
+    if plan.epsilon > job.dp.epsilon:
+        raise _fail(trainer, f"planned ε={plan.epsilon!r} exceeds the job's requested ε={job.dp.epsilon!r}")
+    if plan.delta > job.dp.delta:
+        raise _fail(trainer, f"planned δ={plan.delta!r} exceeds the job's requested δ={job.dp.delta!r}")
+    if plan.rdp is not None:
+        if not isinstance(plan.rdp, dict) or not plan.rdp:
+            raise _fail(trainer, "plan.rdp must be a non-empty {str(order): value} dict or None")
+        for order, value in plan.rdp.items():
+            try:
+                a = float(order)
+            except (TypeError, ValueError):
+                raise _fail(trainer, f"plan.rdp key {order!r} is not a number as a string") from None
+            if not isinstance(order, str) or not a > 1:
+                raise _fail(trainer, f"plan.rdp key {order!r} must be a string order > 1")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise _fail(trainer, f"plan.rdp[{order!r}] = {value!r} is not a finite number >= 0")
+    _json(trainer, "the plan", plan.to_dict())
+    try:
+        plan.check()
+    except JobRejected as exc:
+        raise _fail(trainer, f"the plan fails PrivacyPlan.check(): {exc.details}") from None
+    again = _plan_without_data(trainer, job, ctx)
+    if (again.epsilon, again.delta) != (plan.epsilon, plan.delta):
+        raise _fail(trainer, f"plan() is not deterministic: ε, δ = {plan.epsilon!r}, {plan.delta!r} then {again.epsilon!r}, {again.delta!r}")
+    return plan
+
+
+def check_refusals(trainer: Any, ctx: TrainerContext, jobs: Iterable[Job]) -> None:
+    """Each of `jobs` must be refused by plan() with JobRejected, without reading data."""
+    for bad in jobs:
+        with no_data_access() as calls:
+            try:
+                plan = trainer.plan(bad, ctx)
+            except DataTouched:
+                raise _fail(trainer, f"plan() read training data for the impossible job {bad.job_id!r}") from None
+            except JobRejected:
+                plan = None
+            except Exception as exc:
+                raise _fail(
+                    trainer,
+                    f"plan() raised {type(exc).__name__} for the impossible job {bad.job_id!r} "
+                    f"(ε={bad.dp.epsilon!r}, δ={bad.dp.delta!r}); it must raise JobRejected",
+                ) from None
+        if calls:
+            raise _fail(trainer, f"plan() read training data for the impossible job {bad.job_id!r}")
+        if plan is not None:
+            raise _fail(
+                trainer,
+                f"plan() accepted the impossible job {bad.job_id!r} (ε={bad.dp.epsilon!r}, δ={bad.dp.delta!r}) "
+                f"with planned ε={getattr(plan, 'epsilon', None)!r}; it must raise JobRejected",
+            )
+
+
+def _roundtrip(plan: PrivacyPlan) -> PrivacyPlan:
+    return PrivacyPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+
+
+def check_model(trainer: Any, model: bytes) -> dict[str, Any]:
+    """`model` must be safetensors bytes with at least one tensor, all numeric tensors finite."""
+    import numpy as np
+    from safetensors.numpy import load
+
+    if not isinstance(model, (bytes, bytearray)) or not model:
+        raise _fail(trainer, f"the model is {type(model).__name__}, not safetensors bytes")
+    try:
+        tensors = load(bytes(model))
+    except Exception as exc:
+        raise _fail(trainer, f"the model is not loadable safetensors ({type(exc).__name__}: {exc})") from None
+    if not tensors:
+        raise _fail(trainer, "the model has no tensors")
+    for key, array in tensors.items():
+        if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+            raise _fail(trainer, f"model tensor {key!r} has non-finite values")
+    return tensors
+
+
+def check_train(trainer: Any, job: Job, plan: PrivacyPlan, ctx: TrainerContext) -> tuple[TrainResult, list[dict[str, Any]]]:
+    """Train with a JSON round-tripped `plan`; check the result against it. Returns (result, progress events)."""
+    events: list[Any] = []
+    result = trainer.train(job, _roundtrip(plan), ctx, events.append)
+    if not isinstance(result, TrainResult):
+        raise _fail(trainer, f"train() returned {type(result).__name__}, not a TrainResult")
+    if not _finite_positive(result.epsilon):
+        raise _fail(trainer, f"the result's ε {result.epsilon!r} is not a finite positive number (the daemon fails such a job)")
+    if result.epsilon > plan.epsilon:
+        raise _fail(trainer, f"train() spent ε={result.epsilon!r}, more than the planned ε={plan.epsilon!r}")
+    if not (isinstance(result.delta, (int, float)) and 0 <= result.delta <= plan.delta):
+        raise _fail(trainer, f"the result's δ={result.delta!r} is not within [0, planned δ={plan.delta!r}]")
+    if not isinstance(result.n, int) or isinstance(result.n, bool) or result.n < 1:
+        raise _fail(trainer, f"the result's n={result.n!r} is not a positive integer")
+    acc = result.accuracy
+    if acc is not None and not (isinstance(acc, (int, float)) and 0.0 <= acc <= 1.0):
+        raise _fail(trainer, f"the result's accuracy {acc!r} is neither None nor in [0, 1]")
+    for field in ("metrics", "training_params", "provenance"):
+        value = getattr(result, field)
+        if not isinstance(value, dict):
+            raise _fail(trainer, f"the result's {field} is not a dict")
+        _json(trainer, f"the result's {field}", value)
+    check_model(trainer, result.model)
+    for event in events:
+        if not isinstance(event, dict):
+            raise _fail(trainer, f"a progress event is {type(event).__name__}, not a dict")
+        _json(trainer, "a progress event", event)
+        eps = event.get("epsilon")
+        if eps is not None and not (isinstance(eps, (int, float)) and eps <= plan.epsilon):
+            raise _fail(trainer, f"a progress event reports ε={eps!r}, more than the planned ε={plan.epsilon!r}")
+        epoch, epochs = event.get("epoch"), event.get("epochs")
+        if isinstance(epoch, int) and isinstance(epochs, int) and not 0 <= epoch <= epochs:
+            raise _fail(trainer, f"a progress event has epoch {epoch} outside [0, {epochs}]")
+    return result, events
+
+
+def check_deterministic(trainer: Any, job: Job, plan: PrivacyPlan, ctx: TrainerContext, first: TrainResult) -> None:
+    """A second training run with the same job (same seed) must give identical model bytes."""
+    second = trainer.train(job, _roundtrip(plan), ctx, lambda event: None)
+    if second.model != first.model:
+        hint = ""
+        try:
+            from safetensors.numpy import load
+
+            a, b = load(first.model), load(second.model)
+            same = a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
+            if same:
+                hint = (
+                    " (the tensors are equal: the header differs, e.g. safetensors writes __metadata__ "
+                    "in hash order when it has more than one key)"
+                )
+        except Exception:
+            pass
+        raise _fail(trainer, f"two runs with seed {job.seed} gave different model bytes{hint}")
+    if (second.epsilon, second.accuracy) != (first.epsilon, first.accuracy):
+        raise _fail(trainer, f"two runs with seed {job.seed} gave different ε or accuracy")
+
+
+def check_trainer(
+    trainer: Any,
+    job: Job,
+    ctx: TrainerContext,
+    *,
+    impossible: Iterable[Job] | None = None,
+    determinism: bool = True,
+) -> None:
+    """Run every contract check on `trainer` for `job` (which it must accept); raise AssertionError on a breach.
+
+    `impossible` replaces the default impossible requests (`impossible_jobs(job)`);
+    `determinism=False` skips the same-seed check (it is skipped anyway in secure mode).
+    """
+    check_identity(trainer)
+    plan = check_plan(trainer, job, ctx)
+    check_refusals(trainer, ctx, impossible_jobs(job) if impossible is None else impossible)
+    result, _events = check_train(trainer, job, plan, ctx)
+    if determinism and not ctx.secure_mode:
+        check_deterministic(trainer, job, plan, ctx, result)
+
+
+class TrainerContract:
+    """pytest mix-in: subclass as `class TestMyTrainer(TrainerContract)` and define fixtures
+    `trainer`, `job` and `ctx`. Override `impossible(job)` to choose the requests that must be refused."""
+
+    def impossible(self, job: Job) -> list[Job]:
+        return impossible_jobs(job)
+
+    def test_identity(self, trainer: Any) -> None:
+        check_identity(trainer)
+
+    def test_plan_reads_no_data_and_stays_within_the_request(self, trainer: Any, job: Job, ctx: TrainerContext) -> None:
+        check_plan(trainer, job, ctx)
+
+    def test_refuses_impossible_requests_before_reading_data(self, trainer: Any, job: Job, ctx: TrainerContext) -> None:
+        check_refusals(trainer, ctx, self.impossible(job))
+
+    def test_train_spends_at_most_the_plan(self, trainer: Any, job: Job, ctx: TrainerContext) -> None:
+        check_train(trainer, job, check_plan(trainer, job, ctx), ctx)
+
+    def test_deterministic_by_seed(self, trainer: Any, job: Job, ctx: TrainerContext) -> None:
+        if ctx.secure_mode:
+            import pytest
+
+            pytest.skip("secure_mode draws noise from the OS: not reproducible by design")
+        plan = check_plan(trainer, job, ctx)
+        first, _ = check_train(trainer, job, plan, ctx)
+        check_deterministic(trainer, job, plan, ctx, first)
