@@ -244,11 +244,13 @@ def budget() -> None:
 def budget_show(user: str | None, home: str | None, as_json: bool) -> None:
     """Show USER's budget, or every user's."""
     led = _ledger(home)
-    rows = [led.budget(user).to_dict()] if user else [b.to_dict() for b in led.budgets()]
+    rows = [led.summary(user)] if user else [led.summary(b.user_id) for b in led.budgets()]
     if as_json:
         _emit_json(rows[0] if user else rows)
     else:
-        click.echo(_table(rows, BUDGET_COLUMNS))
+        cols = BUDGET_COLUMNS + ([("basic_epsilon_spent", "ε IF ADDED")] if led.composition == "rdp" else [])
+        click.echo(_table(rows, cols))
+        click.echo(f"(composition: {led.composition})")
         if user and not rows[0]["known"]:
             click.echo(f"({user} has no ledger entry yet: this is the default budget)")
 

@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "default_epsilon": 10.0,
         "default_delta": 1e-3,
         "composition": "basic",
+        "approx_delta_share": 0.1,
     },
     "trainer": {
         "default_backend": "auto",  # "auto": opacus when installed, else mock
@@ -69,7 +70,7 @@ settle_seconds = 0.5   # a file found by a scan must be unchanged this long
 [budget]
 default_epsilon = 10.0  # ε budget of a user not yet in the ledger (0: only users an admin set up)
 default_delta = 1e-3
-composition = "basic"   # "basic": ε and δ add up
+composition = "basic"   # "basic": ε and δ add up; "rdp": Rényi filter (docs/accounting.md)
 
 [trainer]
 default_backend = "auto"   # "auto": opacus when installed, else mock

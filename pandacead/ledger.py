@@ -24,6 +24,7 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils import Migrations
 
+from pandacead.accounting import Spend, admit, job_curve, summarize
 from pandacead.errors import JobRejected
 
 # Relative slack for float comparisons: 10 jobs of 1e-5 add up to
@@ -169,6 +170,7 @@ class Ledger:
         default_epsilon: float = 10.0,
         default_delta: float = 1e-3,
         composition: str = "basic",
+        approx_delta_share: float = 0.1,
         actor: str = "pandacead",
         busy_timeout: float = 60.0,
     ):
@@ -176,6 +178,7 @@ class Ledger:
         self.default_epsilon = float(default_epsilon)
         self.default_delta = float(default_delta)
         self.composition = composition
+        self.approx_delta_share = float(approx_delta_share)
         self.actor = actor
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=busy_timeout, isolation_level=None)
@@ -193,6 +196,7 @@ class Ledger:
             default_epsilon=b["default_epsilon"],
             default_delta=b["default_delta"],
             composition=b["composition"],
+            approx_delta_share=b.get("approx_delta_share", 0.1),
             actor=actor,
         )
 
@@ -333,7 +337,11 @@ class Ledger:
                     [f"job_id: {job_id!r} is a replay"],
                 )
             user = self._ensure_user(user_id)
-            reason = self._admission_problem(user, eps, delta)
+            curve = job_curve(
+                getattr(plan, "rdp", None), getattr(plan, "noise_multiplier", None),
+                getattr(plan, "sample_rate", None), getattr(plan, "steps", None),
+            )
+            reason = self._admission_problem(user, eps, delta, curve)
             if reason:
                 raise JobRejected(reason, [f"budget: {reason}"])
             conn.execute(
@@ -350,7 +358,7 @@ class Ledger:
                     getattr(plan, "sample_rate", None),
                     getattr(plan, "steps", None),
                     getattr(plan, "accountant", None),
-                    json.dumps(plan.rdp) if getattr(plan, "rdp", None) else None,
+                    json.dumps(curve) if curve else None,
                     self.composition,
                     owner,
                     now(),
@@ -374,8 +382,57 @@ class Ledger:
             )
             return int(cur.lastrowid or 0)
 
-    def _admission_problem(self, user: dict[str, Any], eps: float, delta: float) -> str | None:
+    def _accounting_spends(self, user_id: str) -> list[Spend]:
+        """The user's reserved and committed spends, in reservation order, for accounting."""
+        cur = self.conn.execute(
+            "SELECT state, epsilon, delta, epsilon_reserved, delta_reserved, rdp, composition"
+            " FROM spends WHERE user_id = ? AND state IN ('reserved', 'committed') ORDER BY rowid",
+            (user_id,),
+        )
+        out = []
+        for state, e, d, er, dr, rdp, mode in cur.fetchall():
+            committed = state == "committed"
+            out.append(Spend(
+                epsilon=e if committed else er, delta=d if committed else dr, rdp=rdp,
+                mode=mode or "basic", reserved=not committed,
+            ))
+        return out
+
+    def summary(self, user_id: str) -> dict[str, Any]:
+        """`budget show` for one user: the ledger's figures under the active composition mode."""
+        b = self.budget(user_id)
+        out = b.to_dict()
+        out["composition"] = self.composition
+        if self.composition == "rdp" and b.known:
+            s = summarize(
+                self._accounting_spends(user_id), b.epsilon_budget, b.delta_budget, "rdp",
+                self.approx_delta_share,
+            )
+            out.update(
+                epsilon_spent=s.epsilon_spent, epsilon_reserved=s.epsilon_reserved,
+                epsilon_remaining=s.epsilon_remaining, delta_spent=s.delta_spent,
+                delta_reserved=s.delta_reserved, best_order=s.best_order,
+            )
+        out["basic_epsilon_spent"] = b.epsilon_spent
+        out["basic_delta_spent"] = b.delta_spent
+        return out
+
+    def _admission_problem(
+        self, user: dict[str, Any], eps: float, delta: float, curve: dict[str, float] | None = None
+    ) -> str | None:
         uid = user["user_id"]
+        if self.composition == "rdp":
+            try:
+                decision = admit(
+                    self._accounting_spends(uid), Spend(eps, delta, curve, "rdp"),
+                    user["epsilon_budget"], user["delta_budget"], mode="rdp",
+                    approx_share=self.approx_delta_share,
+                )
+            except ValueError as exc:
+                return f"User {uid}'s privacy spend cannot be computed ({exc}); the job is refused."
+            if not decision.ok:
+                return f"User {uid} cannot afford this job under rdp accounting: {decision.reason}."
+            return None
         used_e = user["epsilon_spent"] + user["epsilon_reserved"]
         used_d = user["delta_spent"] + user["delta_reserved"]
         if not _fits(used_e, eps, user["epsilon_budget"]):
