@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,7 +105,7 @@ def error_report(job_id: str, status: str, error: str, details: list[str]) -> di
 def safe_stem(name: str) -> str:
     """An outcome name for a file whose job_id is unreadable: the file's stem, made safe."""
     stem = name[:-5] if name.endswith(".json") else name
-    if ID_PATTERN.match(stem):
+    if ID_PATTERN.fullmatch(stem):
         return stem
     cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-")[:80] or "job"
     digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
@@ -119,10 +120,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+TMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]{8})\.tmp$")
+
+
 def publish(path: Path, data: bytes, *, sync_dir: bool = True, mode: int = 0o644) -> None:
-    """Write `path` atomically: dot-temp file, fsync, rename over, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    """Write `path` atomically: dot-temp file, fsync, rename over, fsync the directory.
+
+    The temp name carries the pid and a random token: two threads (or daemons)
+    publishing the same name never write into one temp file, and a temp file
+    left by a killed process can be recognised (`stale_temp_files`).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -136,6 +145,34 @@ def publish(path: Path, data: bytes, *, sync_dir: bool = True, mode: int = 0o644
         raise
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def stale_temp_files(directory: Path) -> list[Path]:
+    """Temp files of `publish` whose writing process is gone (killed mid-publish).
+
+    Call it before this process publishes anything: a temp file carrying our
+    own pid then comes from an earlier process that had the same pid.
+    """
+    out = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    for name in names:
+        m = TMP_PATTERN.match(name)
+        if m is None:
+            continue
+        pid = int(m["pid"])
+        if pid == os.getpid():
+            out.append(directory / name)
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            out.append(directory / name)
+        except PermissionError:
+            pass  # alive, someone else's
+    return out
 
 
 def artifact_statement(artifact_name: str, data: bytes, predicate: dict[str, Any]) -> dict[str, Any]:

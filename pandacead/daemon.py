@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -12,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from pandacead.app import App
+from pandacead.artifacts import stale_temp_files
 from pandacead.config import Settings, load_settings
-from pandacead.errors import ConfigError
-from pandacead.pipeline import Outcome, Pipeline
+from pandacead.errors import ConfigError, HandedBack
+from pandacead.pipeline import Deferred, Outcome, Pipeline
 from pandacead.sdnotify import Notifier
-from pandacead.spool import Spool, being_written, is_candidate, scan
+from pandacead.spool import ClaimError, Spool, being_written, is_candidate, scan
 from pandacead.worker import WorkerPool
 
 log = logging.getLogger("pandacead.daemon")
@@ -55,10 +57,17 @@ class Daemon:
         self.wake = threading.Event()
         self.stop_requested = False
         self.reload_requested = False
-        self.in_flight: dict[Future[Outcome], str] = {}
+        self.in_flight: dict[Future[Outcome], Path] = {}
         self.outcomes: list[Outcome] = []
         self.closed_ready: set[str] = set()
         self.first_seen: dict[str, tuple[int, float]] = {}
+        # Spooled files whose processing was deferred or crashed: when to try again, and how often it failed.
+        self.retry_at: dict[Path, float] = {}
+        self.tries: dict[Path, int] = {}
+        self.given_up: set[Path] = set()  # --once only: left in the spool for the next start
+        self.claim_errors: dict[str, str] = {}
+        self.outbox_blocked: str | None = None
+        self._backlog: list[Path] = []
 
     # -- signals --------------------------------------------------------------
 
@@ -105,6 +114,10 @@ class Daemon:
             spool.owner, s.home, s.inbox, ", ".join(sorted(app.plugins.trainers)),
         )
         try:
+            for tmp in stale_temp_files(s.outbox):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    log.info("removed %s, left by a process killed while publishing", tmp.name)
             adopted = spool.adopt_orphans()
             if adopted:
                 log.warning("adopted %d job file(s) left by a daemon that stopped", len(adopted))
@@ -122,6 +135,12 @@ class Daemon:
                     break
                 self.wake.wait(timeout=self._wait_time())
                 self.wake.clear()
+            if self.given_up:
+                log.error(
+                    "%d job file(s) could not be settled and stay in the spool for the next start: %s",
+                    len(self.given_up), ", ".join(sorted(p.name for p in self.given_up)),
+                )
+                return 1
             return 0
         finally:
             self._shutdown(observer)
@@ -130,12 +149,17 @@ class Daemon:
         return f"{len(self.in_flight)} job(s) running, {len(self.outcomes)} done"
 
     def _idle(self) -> bool:
-        return not self.in_flight and not self._backlog and not scan(self.settings.inbox)
+        return (
+            not self.in_flight and not self._backlog and not self.retry_at
+            and not [e for e in scan(self.settings.inbox) if e.name not in self.claim_errors]
+        )
 
     def _wait_time(self) -> float:
         t = float(self.settings.daemon.get("rescan_interval", 2.0))
         if self.first_seen:
             t = min(t, float(self.settings.daemon.get("settle_seconds", 0.5)) / 2 + 0.01)
+        if self.retry_at:
+            t = min(t, min(self.retry_at.values()) - time.monotonic())
         wd = self.notifier.watchdog_interval()
         if wd:
             t = min(t, wd / 2)  # WATCHDOG=1 comes from this loop, so it must turn often enough
@@ -164,24 +188,70 @@ class Daemon:
 
     def _submit(self, spooled: Path) -> None:
         fut = self.executor.submit(self.pipeline.process, spooled)
-        self.in_flight[fut] = spooled.name
+        self.in_flight[fut] = spooled
         fut.add_done_callback(lambda f: self.wake.set())
 
     def _reap(self) -> None:
         for fut in [f for f in self.in_flight if f.done()]:
-            name = self.in_flight.pop(fut)
+            spooled = self.in_flight.pop(fut)
             try:
                 self.outcomes.append(fut.result())
-            except Exception:
-                log.exception("processing %s crashed; it stays in the spool for the next start", name)
+                self.tries.pop(spooled, None)
+            except HandedBack:
+                pass  # stopping: the file stays spooled and resumes at the next start
+            except Deferred as exc:
+                self._defer(spooled, exc.message)
+            except Exception as exc:
+                log.exception("processing %s crashed", spooled.name)
+                self._defer(spooled, f"processing {spooled.name} crashed ({type(exc).__name__}: {exc})")
         if self.outcomes:
             self.outcomes = self.outcomes[-1000:]
+
+    def _defer(self, spooled: Path, why: str) -> None:
+        """Keep a file we could not settle in the spool and try it again later (exponential backoff)."""
+        d = self.settings.daemon
+        tries = self.tries.get(spooled, 0) + 1
+        self.tries[spooled] = tries
+        if self.once and tries >= int(d.get("once_retries", 3)):
+            log.error("%s; giving up on %s for this run", why, spooled.name)
+            self.given_up.add(spooled)
+            return
+        base = float(d.get("retry_seconds", 5.0))
+        delay = min(float(d.get("retry_max_seconds", 300.0)), base * 2 ** (tries - 1))
+        self.retry_at[spooled] = time.monotonic() + delay
+        log.error("%s; the job file stays in the spool, next try in %.3g s", why, delay)
+
+    def _outbox_gate(self) -> bool:
+        """False while the outbox cannot take outcomes: new files then stay in the inbox."""
+        problem = self.pipeline.outbox_problem()
+        if problem != self.outbox_blocked:
+            if problem:
+                log.error("%s: not taking new jobs until it is fixed", problem[0].upper() + problem[1:])
+            else:
+                log.warning("the outbox is usable again; taking jobs")
+                now = time.monotonic()
+                self.retry_at = {p: min(t, now) for p, t in self.retry_at.items()}
+            self.outbox_blocked = problem
+        return problem is None
 
     def _tick(self, first: bool = False) -> None:
         self._reap()
         while self._backlog and self._capacity() > 0:
             self._submit(self._backlog.pop(0))
+        if self.retry_at and not self.stop_requested:
+            now_m = time.monotonic()
+            for path, due in sorted(self.retry_at.items(), key=lambda kv: kv[1]):
+                if self._capacity() <= 0 or due > now_m:
+                    break
+                del self.retry_at[path]
+                if os.path.lexists(path):
+                    self._submit(path)
+                else:
+                    self.tries.pop(path, None)
         if self._capacity() <= 0 or self.stop_requested:
+            return
+        if not self.once and not self._outbox_gate():
+            self.notifier.status(f"waiting: {self.outbox_blocked}")
             return
         s = self.settings
         closed = self.events.take_closed() if hasattr(self, "events") else set()
@@ -192,6 +262,7 @@ class Daemon:
         present = {e.name for e in entries}
         self.closed_ready &= present
         self.first_seen = {k: v for k, v in self.first_seen.items() if k in present}
+        self.claim_errors = {k: v for k, v in self.claim_errors.items() if k in present}
         for e in entries:
             if self._capacity() <= 0:
                 break
@@ -203,7 +274,14 @@ class Daemon:
                 ready = e.name in self.closed_ready or now - e.mtime >= settle or stable
                 if not ready or being_written(s.inbox / e.name):
                     continue
-            spooled = self.spool.claim(s.inbox, e.name)
+            try:
+                spooled = self.spool.claim(s.inbox, e.name)
+            except ClaimError as exc:
+                if self.claim_errors.get(e.name) != str(exc):
+                    log.error("%s; it stays in the inbox", exc)
+                self.claim_errors[e.name] = str(exc)
+                continue
+            self.claim_errors.pop(e.name, None)
             self.closed_ready.discard(e.name)
             self.first_seen.pop(e.name, None)
             if spooled is None:

@@ -329,7 +329,7 @@ def _table_arrays(
     return X, cols[label], list(features)
 
 
-def _check_features(name: str, X: np.ndarray, columns: list[str] | None) -> None:
+def _check_features(name: str, X: np.ndarray, columns: list[str] | None, row_offset: int) -> None:
     if X.shape[0] == 0:
         raise _err(name, "the file has no data rows.")
     if X.shape[1] == 0:
@@ -339,20 +339,24 @@ def _check_features(name: str, X: np.ndarray, columns: list[str] | None) -> None
         r, c = np.argwhere(bad)[0]
         what = "NaN" if np.isnan(X[r, c]) else "an infinite value"
         col = repr(columns[c]) if columns else f"{c}"
-        raise _err(name, f"feature {col} has {what} at row {r} (features must be finite numbers).")
+        raise _err(
+            name, f"feature {col} has {what} at row {r + row_offset} (features must be finite numbers)."
+        )
 
 
-def _labels(name: str, y: np.ndarray, task: str) -> tuple[np.ndarray, list[Any] | None]:
+def _labels(
+    name: str, y: np.ndarray, task: str, row_offset: int = 0
+) -> tuple[np.ndarray, list[Any] | None]:
     """Classification: (codes 0..k-1 int64, classes). Regression: (float64, None)."""
     if task == "regression":
         if y.dtype == object:
-            y = _to_float_column(name, "label", y, row_offset=0)
+            y = _to_float_column(name, "label", y, row_offset=row_offset)
         if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
             raise _err(name, f"a regression label must be numeric, not {y.dtype}.")
         y = y.astype(np.float64)
         if not np.all(np.isfinite(y)):
             r = int(np.argwhere(~np.isfinite(y))[0][0])
-            raise _err(name, f"the label has NaN or an infinite value at row {r}.")
+            raise _err(name, f"the label has NaN or an infinite value at row {r + row_offset}.")
         return y, None
     if y.dtype == object:
         # CSV/parquet text labels: numbers if every value is one, else strings.
@@ -371,7 +375,7 @@ def _labels(name: str, y: np.ndarray, task: str) -> tuple[np.ndarray, list[Any] 
         yf = y.astype(np.float64)
         if not np.all(np.isfinite(yf)):
             r = int(np.argwhere(~np.isfinite(yf))[0][0])
-            raise _err(name, f"the label has NaN or an infinite value at row {r}.")
+            raise _err(name, f"the label has NaN or an infinite value at row {r + row_offset}.")
         if np.all(yf == np.round(yf)):
             y = yf.astype(np.int64)
         else:
@@ -401,8 +405,8 @@ def _parse_file(
     else:
         header, cols = _parse_parquet(name, data)
         X, y_raw, columns = _table_arrays(name, header, cols, spec, csv_rows=False)
-    _check_features(name, X, columns)
-    y, classes = _labels(name, y_raw, task)
+    _check_features(name, X, columns, 2 if kind == "csv" else 0)
+    y, classes = _labels(name, y_raw, task, 2 if kind == "csv" else 0)
     return X, y, classes, columns
 
 

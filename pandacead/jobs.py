@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -13,7 +14,20 @@ from pandacead.errors import JobRejected
 from pandacead.schemas import load_schema
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# The outbox names a job's files <job_id>.json, <job_id>.dsse.json and <job_id>.error.json,
+# so a job_id ending in one of these would overwrite another job's envelope or report.
+RESERVED_SUFFIXES = (".dsse", ".error")
 MAX_DEPTH = 16
+
+
+def valid_id(value: object) -> bool:
+    """True for a well-formed identifier. `ID_PATTERN.match` alone would accept a trailing
+    newline (Python's `$` matches before one, and JSON Schema's `pattern` uses that same `$`)."""
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+def valid_job_id(value: object) -> bool:
+    return valid_id(value) and not str(value).lower().endswith(RESERVED_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -171,10 +185,19 @@ def _path(error: Any) -> str:
     return ".".join(parts) if parts else "(job)"
 
 
+MAX_VIOLATIONS = 50
+
+
 def schema_violations(raw: Any) -> list[str]:
-    """Every schema violation of `raw`, each starting with the field it concerns."""
+    """The schema violations of `raw` (at most MAX_VIOLATIONS), each starting with the field it concerns.
+
+    Bounded: a 300 kB file with a 100 000-element list would otherwise cost
+    seconds of validation and a multi-megabyte error report.
+    """
     out = []
-    for err in sorted(_validator().iter_errors(raw), key=lambda e: list(map(str, e.absolute_path))):
+    errors = list(itertools.islice(_validator().iter_errors(raw), MAX_VIOLATIONS + 1))
+    more = len(errors) > MAX_VIOLATIONS
+    for err in sorted(errors[:MAX_VIOLATIONS], key=lambda e: list(map(str, e.absolute_path))):
         message = err.message
         if len(message) > 200:
             message = message[:200] + "…"
@@ -182,6 +205,8 @@ def schema_violations(raw: Any) -> list[str]:
             out.append(f"{_path(err)}: {message}")
         else:
             out.append(f"{_path(err)}: {message}")
+    if more:
+        out.append(f"(further problems not listed: only the first {MAX_VIOLATIONS} are reported)")
     return out
 
 
@@ -189,8 +214,8 @@ def job_id_hint(raw: Any) -> str | None:
     """The job's job_id if it is a well-formed one, for naming the error report."""
     if isinstance(raw, dict):
         jid = raw.get("job_id")
-        if isinstance(jid, str) and ID_PATTERN.match(jid):
-            return jid
+        if valid_job_id(jid):
+            return str(jid)
     return None
 
 
@@ -208,11 +233,23 @@ def validate(raw: Any, *, default_user: str | None = None) -> Job:
         model = raw.get("model")
         if isinstance(model, dict) and model.get("type", "linear") == "linear" and model.get("hidden"):
             violations.append("model.hidden: a linear model has no hidden layers")
+        for key in ("job_id", "user_id", "dataset", "backend"):
+            value = raw.get(key)
+            if isinstance(value, str) and value.endswith("\n"):
+                violations.append(f"{key}: {value!r} ends in a line break")
+        jid = raw.get("job_id")
+        if isinstance(jid, str) and valid_id(jid) and not valid_job_id(jid):
+            violations.append(
+                f"job_id: {jid!r} ends in {jid[jid.rfind('.'):]!r}, which is reserved for the outbox's"
+                " signature and error files"
+            )
     if violations:
         if not isinstance(raw, dict):
             summary = "The job must be a JSON object."
         elif len(violations) == 1:
             summary = f"The job is invalid: {violations[0]}."
+        elif any(v.startswith("(further problems") for v in violations):
+            summary = f"The job has more than {MAX_VIOLATIONS} problems, first: {violations[0]}."
         else:
             summary = f"The job has {len(violations)} problems, first: {violations[0]}."
         raise JobRejected(summary, violations)

@@ -8,12 +8,19 @@ an error report and its reservation, if this file made one, is released. The
 ledger's `jobs` row (keyed by the spool file name) records how far a job got,
 so a daemon that restarts after a crash settles every spooled file exactly
 once: see `Pipeline.process`.
+
+A problem of the host rather than of the job (outbox not writable or full,
+ledger locked for minutes) raises `Deferred`: the file stays in the spool with
+whatever the ledger already says about it (a reservation stays a reservation)
+and the daemon tries it again later. Once an artifact is in the outbox its
+reservation is only ever committed, never released.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import hmac
 import json
@@ -22,6 +29,7 @@ import math
 import os
 import platform
 import shutil
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -50,6 +58,19 @@ from pandacead.spool import Oversized, SpecialFile, original_name, read_job_file
 from pandacead.trainers import PrivacyPlan, TrainerContext, TrainResult
 
 log = logging.getLogger("pandacead.job")
+
+
+class Deferred(OSError):
+    """The job cannot be settled now because of the host (outbox, disk, ledger), not the job.
+
+    Its file stays in the spool and the daemon retries it later; nothing is
+    charged or released by the attempt that raised this. (An OSError, so that
+    one-shot callers such as `pandacead train` report it as one sentence.)
+    """
+
+    def __init__(self, message: str, err: int = errno.EAGAIN):
+        super().__init__(err, message)
+        self.message = message
 
 
 @dataclass
@@ -145,6 +166,41 @@ class Pipeline:
                 f"{original_name(spooled)} is {exc.size} bytes, over the {max_bytes}-byte limit for a job file.",
                 [f"file: {exc.size} bytes > {max_bytes}"],
             ) from None
+        except OSError as exc:
+            raise JobRejected(
+                f"{original_name(spooled)} cannot be read: {exc.strerror or exc}.",
+                [f"file: {exc.strerror or exc}"],
+            ) from None
+
+    def outbox_problem(self) -> str | None:
+        """Why nothing can be published right now (outbox missing, read-only or full), else None.
+
+        Checked before a job reserves budget or is trained again, so that a job
+        waits in the spool instead of burning its attempts against a broken outbox.
+        """
+        outbox = self.settings.outbox
+        try:
+            st = os.statvfs(outbox)
+        except OSError as exc:
+            return f"the outbox {outbox} is unusable: {exc.strerror or exc}"
+        if not os.path.isdir(outbox):
+            return f"the outbox {outbox} is not a directory"
+        if st.f_flag & os.ST_RDONLY:
+            return f"the outbox {outbox} is on a read-only filesystem"
+        if not os.access(outbox, os.W_OK | os.X_OK):
+            return f"the outbox {outbox} is not writable by this process"
+        need = int(self.settings.daemon.get("outbox_min_free_bytes", 1_048_576))
+        free = st.f_bavail * st.f_frsize
+        if free < need:
+            return f"the outbox {outbox} is full ({free} bytes free, {need} needed)"
+        if st.f_files and st.f_favail < 16:
+            return f"the outbox {outbox} has no free inodes"
+        return None
+
+    def _require_outbox(self, job_id: str) -> None:
+        problem = self.outbox_problem()
+        if problem:
+            raise Deferred(f"Job {job_id} waits: {problem}", errno.ENOSPC if "full" in problem else errno.EROFS)
 
     def parse(self, data: bytes, default_user: str | None = None) -> Job:
         return parse_job(data, default_user=default_user)
@@ -231,18 +287,50 @@ class Pipeline:
         pred = provenance(job, trainer.name, result, plan, started, art["created_at"], self.versions)
         env = self.sign(statement(name, data, pred))
         env_bytes = (json.dumps(env, indent=2) + "\n").encode("utf-8")
+        env_path = outbox / f"{job.job_id}{ENVELOPE_SUFFIX}"
         # The envelope goes first: whoever sees <job_id>.json finds its signature beside it.
-        publish(outbox / f"{job.job_id}{ENVELOPE_SUFFIX}", env_bytes, sync_dir=False)
-        faults.point("envelope_published")
-        publish(outbox / name, data, sync_dir=False)
-        fsync_dir(outbox)
+        try:
+            faults.fail("publish_envelope")
+            publish(env_path, env_bytes, sync_dir=False)
+            faults.point("envelope_published")
+            faults.fail("publish_artifact")
+            publish(outbox / name, data, sync_dir=False)
+        except OSError as exc:
+            # Nothing was released: withdraw the envelope (we hold this job_id's
+            # reservation, so it is ours) and try again later.
+            with contextlib.suppress(OSError):
+                os.unlink(env_path)
+            raise Deferred(
+                f"Job {job.job_id} is trained but cannot be published into {outbox}: {exc.strerror or exc};"
+                " it keeps its reservation and is tried again later",
+                exc.errno or errno.EIO,
+            ) from None
+        try:
+            faults.fail("sync_outbox")
+            fsync_dir(outbox)
+        except OSError as exc:
+            raise Deferred(
+                f"Job {job.job_id} is published but the outbox {outbox} could not be synced:"
+                f" {exc.strerror or exc}; its spend is committed at the next attempt",
+                exc.errno or errno.EIO,
+            ) from None
         faults.point("artifact_published")
         return outbox / name
 
     def publish_error(self, outcome_name: str, status: str, error: str, details: list[str]) -> Path:
+        """Write the error report. The job's end is already in the ledger: if the outbox
+        refuses the report, the file stays spooled and the report is written on a retry."""
         path = self.settings.outbox / f"{outcome_name}{ERROR_SUFFIX}"
         report = error_report(outcome_name, status, error, details)
-        publish(path, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        try:
+            faults.fail("publish_error")
+            publish(path, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        except OSError as exc:
+            raise Deferred(
+                f"The error report {path.name} cannot be written into {self.settings.outbox}:"
+                f" {exc.strerror or exc}; it is written on a later attempt",
+                exc.errno or errno.EIO,
+            ) from None
         return path
 
     def cleanup(self, spooled: Path, set_aside: bool = False) -> None:
@@ -296,6 +384,7 @@ class Pipeline:
             plan = self.plan(job, trainer)
             faults.point("planned")
             self.check_budget(job, plan)
+            self._require_outbox(job.job_id)
             row_id = led.reserve(job.job_id, job.user_id, plan, trainer.name, owner=fname, file=fname)
             faults.point("reserved")
             log.info(
@@ -309,6 +398,14 @@ class Pipeline:
         except HandedBack:
             log.info("job %s handed back: the daemon is stopping; it resumes at the next start", outcome_name)
             raise
+        except Deferred:
+            raise
+        except sqlite3.OperationalError as exc:
+            # Locked or unavailable ledger: the failed transaction changed nothing.
+            raise Deferred(
+                f"Job {outcome_name} waits: the ledger {self.settings.ledger_path} is unavailable ({exc})",
+                errno.EBUSY,
+            ) from None
         except Exception as exc:  # an unexpected bug still ends the job cleanly, fail closed
             log.exception("job %s: internal error", outcome_name)
             err = JobFailed(f"Internal error while processing the job: {type(exc).__name__}: {exc}.")
@@ -324,7 +421,7 @@ class Pipeline:
         log.info("job %s trained: ε=%.6g accuracy=%s", job.job_id, result.epsilon, _fmt(result.accuracy), extra=extra)
         path = self.publish_success(job, trainer, plan, result, started)
         log.info("job %s published %s", job.job_id, path.name, extra=extra)
-        self.ledger().commit(job.job_id, result.epsilon, result.delta, row_id=row_id)
+        self._commit(job, result.epsilon, result.delta, row_id)
         faults.point("committed")
         log.info("job %s committed ε=%.6g δ=%.3g for user %s", job.job_id, result.epsilon, result.delta,
                  job.user_id, extra=extra)
@@ -332,6 +429,19 @@ class Pipeline:
         out = Outcome(job.job_id, "succeeded", job.user_id, trainer.name, result.epsilon, artifact=path)
         self._notify(job, out)
         return out
+
+    def _commit(self, job: Job, epsilon: float, delta: float, row_id: int) -> None:
+        """Charge a published job. Its artifact is out: a failure here must never turn into a
+        release, so it defers (the next attempt finds the artifact and commits it)."""
+        try:
+            faults.fail("commit")
+            self.ledger().commit(job.job_id, epsilon, delta, row_id=row_id)
+        except Exception as exc:
+            raise Deferred(
+                f"Job {job.job_id} is published but its spend could not be recorded ({type(exc).__name__}:"
+                f" {exc}); it is committed at the next attempt",
+                errno.EBUSY,
+            ) from None
 
     def _resume(self, spooled: Path, job: Job, trainer: Any, prior: dict[str, Any]) -> Outcome:
         """A job a crashed daemon had reserved: commit what it published, or train it again."""
@@ -352,11 +462,12 @@ class Pipeline:
             art = json.loads(art_path.read_bytes())
             if art.get("user_id") == job.user_id and art.get("job_id") == job.job_id:
                 log.info("job %s recovered: its artifact was published before a crash", job.job_id, extra=extra)
-                led.commit(job.job_id, float(art["epsilon"]), float(art["dp"]["delta"]), row_id=row_id)
+                self._commit(job, float(art["epsilon"]), float(art["dp"]["delta"]), row_id)
                 self.cleanup(spooled)
                 out = Outcome(job.job_id, "succeeded", job.user_id, spend["backend"], art["epsilon"], artifact=art_path)
                 self._notify(job, out)
                 return out
+        self._require_outbox(job.job_id)  # waiting for the outbox costs no attempt
         attempts = led.bump_attempts(row_id)
         if attempts >= int(self.settings.daemon.get("max_attempts", 3)):
             raise JobFailed(f"Job {job.job_id} was interrupted {attempts} times and is given up.")
@@ -372,8 +483,18 @@ class Pipeline:
         job_id = job.job_id if job else outcome_name
         user_id = job.user_id if job else None
         backend = getattr(trainer, "name", None)
+        # Messages may quote hostile input or come from plugins: keep them encodable
+        # (a lone surrogate would make SQLite and the UTF-8 report writer raise).
+        exc.message = _encodable(exc.message)
+        exc.details = [_encodable(str(d)) for d in exc.details]
         extra = {"job_id": job_id, "user_id": user_id}
         led = self.ledger()
+        if job is not None:
+            spend = led.spend(job.job_id)
+            if spend is not None and spend["state"] == "committed" and spend["owner"] == spooled.name:
+                # This file's job is published and charged; what failed came after (clean-up).
+                # Never report a charged job as failed: its file is settled on a retry.
+                raise Deferred(f"Job {job_id} succeeded but could not be cleaned up: {exc.message}")
         led.settle_failure(
             job_id, user_id, exc.status, exc.message, exc.details, owner=spooled.name, file=spooled.name,
             backend=backend, row_id=row_id,
@@ -392,6 +513,10 @@ class Pipeline:
             self.plugins.hook.pandacead_job_finished(job=job, outcome=outcome.to_dict())
         except Exception as exc:
             log.error("a pandacead_job_finished hook failed: %s", exc)
+
+
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _is_special(path: Path) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import stat
 import time
@@ -27,6 +28,49 @@ F_UNLCK = getattr(fcntl, "F_UNLCK", 2)
 def is_candidate(name: str) -> bool:
     """Only `*.json` names, never dotfiles (careful writers use `.x.json` or `x.tmp`, then rename)."""
     return name.endswith(".json") and not name.startswith(".") and len(name) > 5
+
+
+# Bytes of an inbox name kept in its spool name: the spool prefix adds 28, and
+# state/rejected/ and the ledger get the same name, all well under NAME_MAX (255).
+MAX_NAME_BYTES = 160
+
+
+def spool_name(name: str) -> str:
+    """The name a claimed file gets in the spool (after a `<ns>-<seq>-` prefix).
+
+    An inbox name is any bytes but "/" and NUL, up to 255 of them. The spool
+    name must be printable UTF-8 (the ledger stores it; logs and error reports
+    show it) and short enough for the prefix. Names that already are pass
+    unchanged; others are cleaned and get a digest of the original bytes.
+    """
+    raw = os.fsencode(name)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and text.isprintable() and len(raw) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    shown = raw.decode("utf-8", "replace")
+    if shown.endswith(".json"):
+        shown = shown[:-5]
+    shown = "".join(c if c.isprintable() and c != "\ufffd" else "_" for c in shown)
+    shown = shown.encode("utf-8")[:100].decode("utf-8", "ignore")
+    return f"{shown}~{digest}.json"
+
+
+class ClaimError(Exception):
+    """An inbox file could not be moved into the spool (not a race: the file is still there)."""
+
+    def __init__(self, name: str, exc: OSError):
+        why = exc.strerror or str(exc)
+        hint = ""
+        if exc.errno == errno.EXDEV:
+            hint = " (the inbox and the state directory must be on one filesystem)"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = " (the daemon must be able to rename files in the inbox and its spool)"
+        super().__init__(f"cannot claim {name!r} from the inbox: {why}{hint}")
+        self.errno = exc.errno
 
 
 def new_owner_id() -> str:
@@ -111,11 +155,31 @@ class Spool:
         self._seq = 0
 
     def acquire(self) -> None:
+        """Create our spool dir and lock it for life.
+
+        Another daemon starting at the same moment may see the new dir before
+        we lock it, take it for a dead daemon's, lock it and remove it. So
+        after locking we check that the lock file we hold is still the one in
+        our dir, and start over under a new name if not.
+        """
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.dir.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._lock_fd = fd
+        for _attempt in range(20):
+            fd = -1
+            try:
+                self.dir.mkdir(mode=0o700, exist_ok=True)
+                fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.path.samestat(os.fstat(fd), os.stat(self.dir / ".lock")):
+                    self._lock_fd = fd
+                    return
+            except (FileNotFoundError, BlockingIOError):
+                pass
+            if fd >= 0:
+                os.close(fd)
+            self.owner = new_owner_id()
+            self.dir = self.root / self.owner
+            time.sleep(0.01)
+        raise RuntimeError(f"cannot lock a spool directory under {self.root}")
 
     def release(self) -> None:
         """Give up the spool dir; it is removed when empty."""
@@ -164,13 +228,21 @@ class Spool:
         return adopted
 
     def claim(self, inbox: Path, name: str) -> Path | None:
-        """Atomically take inbox/name; None if someone else took it first."""
+        """Atomically take inbox/name; None if someone else took it first.
+
+        Raises ClaimError when the file is there but cannot be moved; it then
+        stays in the inbox, untouched.
+        """
         self._seq += 1
-        target = self.dir / f"{time.time_ns():020d}-{self._seq:06d}-{name}"
+        target = self.dir / f"{time.time_ns():020d}-{self._seq:06d}-{spool_name(name)}"
         try:
             os.rename(inbox / name, target)
         except FileNotFoundError:
-            return None
+            if not os.path.lexists(inbox / name):
+                return None  # another daemon took it
+            raise ClaimError(name, OSError(errno.ENOENT, f"the spool directory {self.dir} is gone")) from None
+        except OSError as exc:
+            raise ClaimError(name, exc) from None
         return target
 
 

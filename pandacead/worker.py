@@ -292,7 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", required=True)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return _serve(args.home)
+    try:
+        return _serve(args.home)
+    except BrokenPipeError:
+        # The daemon went away (killed, or it killed us mid-reply): nobody to answer to.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,378 @@
+"""DP-SGD training on arrays — the one implementation both the opacus and the syft backends run.
+
+`train_arrays(job, plan, arrays, threads, progress)` takes JSON-friendly
+inputs (a job's and a plan's ``to_dict()``, numpy arrays) and returns the
+fields of a `pandacead.trainers.TrainResult` as a dict (``model`` as
+safetensors bytes), so it can run inside a syft function as well as in
+pandacead's worker process.
+
+What it does, in order: seed torch/numpy/random from ``job["seed"]``; build
+the model (linear or MLP, checked by Opacus's ModuleValidator); wrap model,
+SGD optimizer and ``DataLoader(batch_size=B)`` with Opacus's
+``PrivacyEngine.make_private(poisson_sampling=True, max_grad_norm=dp.clip,
+noise_multiplier=plan σ)``, using the plan's accountant; run
+``plan["steps"]`` optimizer steps (epochs × steps_per_epoch, each epoch one
+pass over the Poisson loader); check that the accountant's history is
+exactly the plan's ``[(σ, q, steps)]`` and that its final ε does not exceed
+the plan's; evaluate on the held-out arrays.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pandacead.errors import JobFailed
+
+from . import models, privacy
+
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "ghost")
+DEFAULT_GRAD_SAMPLE_MODE = "hooks"
+#: Relative slack when comparing the final ε with the plan's (both come from
+#: the same deterministic accountant call, so they are normally identical).
+EPS_REL_TOL = 1e-9
+#: Share of training time the per-epoch ε in progress reports may cost.
+PROGRESS_ACCOUNTING_SHARE = 0.1
+#: Known, harmless warnings: secure RNG off is the configured choice (see
+#: `trainer.check_secure_mode`); the backward-hook note concerns inputs that
+#: need no gradient.
+_NOISY_WARNINGS = (r"Secure RNG turned off", r"Full backward hook is firing")
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(int(seed))
+    np.random.seed(int(seed) % 2**32)
+    random.seed(int(seed))
+
+
+def _criterion(head: str) -> Any:
+    from torch import nn
+
+    if head == "binary_logit":
+        return nn.BCEWithLogitsLoss()
+    if head == "softmax_logits":
+        return nn.CrossEntropyLoss()
+    return nn.MSELoss()
+
+
+def _shape(head: str, out: Any) -> Any:
+    # Per-sample losses must have shape (B,) (ghost clipping needs it; BCE/MSE need it to match y).
+    return out.reshape(-1) if head in ("binary_logit", "identity") else out
+
+
+def _targets(head: str, y: np.ndarray) -> Any:
+    import torch
+
+    if head == "softmax_logits":
+        return torch.as_tensor(np.asarray(y, dtype=np.int64))
+    return torch.as_tensor(np.asarray(y, dtype=np.float32))
+
+
+def evaluate(model: Any, arch: dict[str, Any], X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Held-out metrics: accuracy (classification) or mse and r2 (regression)."""
+    if len(X) == 0:
+        return {"n_test": 0}
+    pred = models.predict(model, arch, X)
+    if arch["task"] == "classification":
+        acc = float(np.mean(pred == np.asarray(y, dtype=np.int64)))
+        return {"accuracy": acc, "n_test": int(len(y))}
+    y64 = np.asarray(y, dtype=np.float64)
+    p64 = pred.astype(np.float64)
+    mse = float(np.mean((p64 - y64) ** 2))
+    ss_tot = float(np.sum((y64 - y64.mean()) ** 2))
+    r2 = float(1.0 - np.sum((p64 - y64) ** 2) / ss_tot) if ss_tot > 0 else None
+    return {"mse": mse, "r2": r2, "n_test": int(len(y))}
+
+
+def job_architecture(job: dict[str, Any], details: dict[str, Any], n_features: int) -> dict[str, Any]:
+    m = job.get("model") or {}
+    return models.architecture(
+        model_type=m.get("type", "linear"),
+        hidden=list(m.get("hidden") or []),
+        n_features=n_features,
+        task=details.get("task", job.get("task", "classification")),
+        n_classes=details.get("n_classes"),
+    )
+
+
+def _validated_model(arch: dict[str, Any]) -> Any:
+    from opacus.validators import ModuleValidator
+
+    model = models.build_model(arch)
+    if ModuleValidator.validate(model, strict=False):
+        model = ModuleValidator.fix(model)
+        ModuleValidator.validate(model, strict=True)
+    return model
+
+
+def _versions() -> dict[str, str]:
+    import opacus
+    import safetensors
+    import torch
+
+    return {
+        "torch_version": str(torch.__version__),
+        "opacus_version": str(opacus.__version__),
+        "numpy_version": str(np.__version__),
+        "safetensors_version": str(getattr(safetensors, "__version__", "unknown")),
+    }
+
+
+def train_arrays(
+    job: dict[str, Any],
+    plan: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    threads: int = 1,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    grad_sample_mode: str | None = None,
+    secure_mode: bool = False,
+) -> dict[str, Any]:
+    """Train `job` with DP-SGD under `plan` on `arrays` (X_train, y_train, X_test, y_test).
+
+    Returns {"model": safetensors bytes, "epsilon", "delta", "n", "accuracy",
+    "metrics", "training_params", "provenance"} — the fields of a TrainResult.
+    Raises JobFailed if the run does not match the plan (rows, schedule) or
+    spends more ε than planned.
+    """
+    with warnings.catch_warnings():
+        for pattern in _NOISY_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        return _train_arrays(
+            job,
+            plan,
+            arrays,
+            threads,
+            progress,
+            grad_sample_mode=grad_sample_mode,
+            secure_mode=secure_mode,
+        )
+
+
+def _train_arrays(
+    job: dict[str, Any],
+    plan: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    threads: int,
+    progress: Callable[[dict[str, Any]], None] | None,
+    *,
+    grad_sample_mode: str | None,
+    secure_mode: bool,
+) -> dict[str, Any]:
+    import torch
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    t_start = time.monotonic()
+    progress = progress or (lambda _event: None)
+    details = dict(plan.get("details") or {})
+    mode = grad_sample_mode or details.get("grad_sample_mode") or DEFAULT_GRAD_SAMPLE_MODE
+    if mode not in GRAD_SAMPLE_MODES:
+        raise JobFailed(f"Unknown grad-sample mode {mode!r} (expected one of {', '.join(GRAD_SAMPLE_MODES)}).")
+    torch.set_num_threads(max(1, int(threads or 1)))
+
+    X_train = np.ascontiguousarray(arrays["X_train"], dtype=np.float32)
+    X_test = np.ascontiguousarray(arrays["X_test"], dtype=np.float32)
+    y_train, y_test = arrays["y_train"], arrays["y_test"]
+    n = int(len(X_train))
+    if n != plan.get("n_train"):
+        raise JobFailed(
+            f"The training data has {n} rows but the job was planned for {plan.get('n_train')}.",
+            [f"n_train: {n} != planned {plan.get('n_train')}"],
+        )
+    if X_train.ndim != 2 or len(y_train) != n:
+        raise JobFailed("The training arrays have inconsistent shapes.")
+
+    dp = job["dp"]
+    epochs = int(job["epochs"])
+    batch_size = int(job["batch_size"])
+    sigma = float(plan["noise_multiplier"])
+    q = float(plan["sample_rate"])
+    steps_planned = int(plan["steps"])
+    accountant = str(plan["accountant"])
+    delta = float(plan["delta"])
+    eps_error = float(details.get("prv_eps_error") or privacy.PRV_EPS_ERROR)
+    schedule = privacy.poisson_schedule(n, batch_size, epochs)
+    if schedule["sample_rate"] != q or schedule["steps"] != steps_planned:
+        raise JobFailed(
+            "The training schedule does not match the plan.",
+            [f"schedule {schedule} vs plan q={q}, steps={steps_planned}"],
+        )
+
+    seed_everything(int(job["seed"]))
+    arch = job_architecture(job, details, X_train.shape[1])
+    model = _validated_model(arch)
+    head = arch["head"]
+    criterion = _criterion(head)
+    optimizer = torch.optim.SGD(model.parameters(), lr=float(job["learning_rate"]))
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(X_train), _targets(head, y_train)), batch_size=batch_size
+    )
+    engine = PrivacyEngine(accountant=accountant, secure_mode=bool(secure_mode))
+    private = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        criterion=criterion,
+        data_loader=loader,
+        noise_multiplier=sigma,
+        max_grad_norm=float(dp["clip"]),
+        poisson_sampling=True,
+        grad_sample_mode=mode,
+    )
+    if mode == "ghost":
+        dp_model, dp_optimizer, dp_criterion, dp_loader = private
+    else:
+        dp_model, dp_optimizer, dp_loader = private
+        dp_criterion = criterion
+    if len(dp_loader) != schedule["steps_per_epoch"]:
+        raise JobFailed(
+            "Opacus's Poisson loader has a different number of batches per epoch than planned.",
+            [f"len(loader) = {len(dp_loader)} != {schedule['steps_per_epoch']}"],
+        )
+
+    steps = 0
+    acct_seconds = 0.0
+    eps_so_far = 0.0
+    eps_steps = 0
+    t_train = time.monotonic()
+    for epoch in range(1, epochs + 1):
+        dp_model.train()
+        loss_sum, loss_n = 0.0, 0
+        for xb, yb in dp_loader:
+            dp_optimizer.zero_grad(set_to_none=True)
+            out = _shape(head, dp_model(xb))
+            loss = dp_criterion(out, yb)
+            loss.backward()
+            dp_optimizer.step()
+            steps += 1
+            if len(xb):
+                loss_sum += float(loss.item()) * len(xb)
+                loss_n += len(xb)
+        elapsed = time.monotonic() - t_train
+        if epoch == epochs or acct_seconds <= PROGRESS_ACCOUNTING_SHARE * elapsed:
+            t0 = time.monotonic()
+            eps_so_far = privacy.epsilon(
+                accountant, engine.accountant.history, delta, eps_error=eps_error
+            )
+            acct_seconds += time.monotonic() - t0
+            eps_steps = steps
+        event = {
+            "epoch": epoch,
+            "epochs": epochs,
+            "loss": (loss_sum / loss_n) if loss_n else None,
+            "epsilon": eps_so_far,
+            "steps": steps,
+        }
+        if eps_steps != steps:
+            event["epsilon_at_step"] = eps_steps
+        progress(event)
+    train_seconds = time.monotonic() - t_train
+
+    history = [tuple(h) for h in engine.accountant.history]
+    if steps != steps_planned or history != [(sigma, q, steps_planned)]:
+        raise JobFailed(
+            "The accountant's record differs from the plan.",
+            [f"history {history} != planned {[(sigma, q, steps_planned)]}"],
+        )
+    final_eps = eps_so_far  # computed on the last epoch from the full history
+    planned_eps = float(plan["epsilon"])
+    if not (math.isfinite(final_eps) and final_eps <= planned_eps * (1 + EPS_REL_TOL)):
+        raise JobFailed(
+            f"Training spent ε = {final_eps:.6g}, more than the planned ε = {planned_eps:.6g}.",
+            [f"epsilon: {final_eps} > planned {planned_eps}"],
+        )
+
+    metrics = evaluate(model, arch, X_test, y_test)
+    metrics["train_seconds"] = round(train_seconds, 3)
+    model_bytes = models.save_model(
+        model,
+        arch,
+        extra={
+            "pandacead.dataset": str(details.get("dataset", "")),
+            "pandacead.dataset_digest": str(details.get("digest", "")),
+        },
+    )
+    training_params = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": float(job["learning_rate"]),
+        "optimizer": "sgd",
+        "loss": type(criterion).__name__,
+        "noise_multiplier": sigma,
+        "sample_rate": q,
+        "steps": steps,
+        "steps_per_epoch": schedule["steps_per_epoch"],
+        "expected_batch_size": schedule["expected_batch_size"],
+        "poisson_sampling": True,
+        "accountant": accountant,
+        "clip": float(dp["clip"]),
+        "architecture": arch,
+        "grad_sample_mode": mode,
+        "secure_mode": bool(secure_mode),
+    }
+    if accountant == "prv":
+        training_params["prv_eps_error"] = eps_error
+    provenance = {
+        "dataset": details.get("dataset"),
+        "dataset_digest": details.get("digest"),
+        **_versions(),
+        "threads": int(torch.get_num_threads()),
+        "wall_seconds": round(time.monotonic() - t_start, 3),
+    }
+    return {
+        "model": model_bytes,
+        "epsilon": float(final_eps),
+        "delta": delta,
+        "n": n,
+        "accuracy": metrics.get("accuracy"),
+        "metrics": metrics,
+        "training_params": training_params,
+        "provenance": provenance,
+    }
+
+
+def train_nonprivate_arrays(
+    job: dict[str, Any],
+    plan: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Reference only (tests, benchmarks): the same model, seed and SGD without DP.
+
+    Never used by a trainer. Same epochs and batches per epoch, shuffled
+    fixed-size batches, no clipping, no noise. Returns {"model", "metrics"}.
+    """
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.set_num_threads(max(1, int(threads or 1)))
+    details = dict(plan.get("details") or {})
+    X_train = np.ascontiguousarray(arrays["X_train"], dtype=np.float32)
+    seed_everything(int(job["seed"]))
+    arch = job_architecture(job, details, X_train.shape[1])
+    model = _validated_model(arch)
+    head = arch["head"]
+    criterion = _criterion(head)
+    optimizer = torch.optim.SGD(model.parameters(), lr=float(job["learning_rate"]))
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(X_train), _targets(head, arrays["y_train"])),
+        batch_size=int(job["batch_size"]),
+        shuffle=True,
+    )
+    for _ in range(int(job["epochs"])):
+        model.train()
+        for xb, yb in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(_shape(head, model(xb)), yb)
+            loss.backward()
+            optimizer.step()
+    metrics = evaluate(model, arch, np.asarray(arrays["X_test"], np.float32), arrays["y_test"])
+    return {"model": models.save_model(model, arch), "metrics": metrics}

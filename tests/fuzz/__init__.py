@@ -1,0 +1,1 @@
+"""Helpers for the reliability tests: hostile inputs (strategies, generators) and invariant checks."""
