@@ -1,18 +1,23 @@
 """DP-SGD vs non-private training throughput and peak memory, per Opacus grad-sample mode.
 
     .venv/bin/python bench/bench_dpsgd.py [--rows 10000] [--hidden 64,64] [--batch 64,256]
-                                          [--epochs 3] [--repeats 3] [--threads 1]
+                                          [--rounds 5] [--threads 1] [--modes ...]
 
-Same model (pandacead_opacus.models.build_model), same data (the built-in
-synthetic generator), same SGD, torch threads = 1. Each configuration runs in
-its own subprocess so its peak RSS (ru_maxrss) is its own; configurations
-run round-robin for `--repeats` rounds and each reports its best round
-(one warm-up epoch, then `--epochs` timed epochs). Throughput is
-training samples processed per second of the training loop only (data
-loading, accounting and evaluation excluded). Ratios are DP / non-private
-measured in this run. Each DP mode's final weights are compared with the
-`hooks` mode's (same seed: same Poisson batches and noise), which checks
-the per-sample clipping of `functorch` and `ghost` against `hooks`.
+Same model (pandacead_opacus.models.build_model, an MLP 10 → 64 → 64 → 1 by
+default), same data (the built-in synthetic generator, 10k rows), same SGD,
+torch threads = 1; DP runs use Opacus's `make_private(poisson_sampling=True)`
+with σ = 1, C = 1, exactly as pandacead_opacus.training does.
+
+Throughput: all modes of one batch size are set up in one process and
+timed one epoch at a time, round-robin for `--rounds` rounds, so background
+load on a shared machine hits every mode alike. Each epoch is timed in CPU
+seconds of the process (`time.process_time`, robust to other processes on
+the machine) and in wall seconds; a mode's figure is its median epoch.
+Ratios are DP / non-private from the same run. Peak RSS: each mode runs
+once more alone in a fresh subprocess (ru_maxrss includes ≈300 MB of
+torch itself). Correctness: each DP mode's weights after one epoch from the
+same seed are compared with the `hooks` mode's (same Poisson batches, same
+noise), which checks the per-sample clipping of the other modes.
 
 Prints one JSON object.
 """
@@ -24,6 +29,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +38,7 @@ from pathlib import Path
 MODES = ("nonprivate", "hooks", "functorch", "ew", "ghost")
 
 
-def _run_one(mode: str, rows: int, hidden: list[int], batch: int, epochs: int, repeats: int, threads: int) -> dict:
+def _setup(mode: str, rows: int, hidden: list[int], batch: int, seed: int = 0):
     import warnings
 
     import numpy as np
@@ -43,63 +49,76 @@ def _run_one(mode: str, rows: int, hidden: list[int], batch: int, epochs: int, r
     from pandacead.datasets import synthetic_arrays
 
     warnings.simplefilter("ignore")
-    torch.set_num_threads(threads)
     X, y = synthetic_arrays(rows, 10, 0)
-    arch = models.architecture(model_type="mlp", hidden=hidden, n_features=10, task="classification", n_classes=2)
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.float32))
+    arch = models.architecture(
+        model_type="mlp" if hidden else "linear", hidden=hidden, n_features=10,
+        task="classification", n_classes=2,
+    )
+    data = TensorDataset(torch.from_numpy(X), torch.from_numpy(y.astype(np.float32)))
+    torch.manual_seed(seed)
+    model = models.build_model(arch)
+    crit = torch.nn.BCEWithLogitsLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    if mode == "nonprivate":
+        return model, model, opt, crit, DataLoader(data, batch_size=batch, shuffle=True)
+    from opacus import PrivacyEngine
 
-    def setup():
-        torch.manual_seed(0)
-        model = models.build_model(arch)
-        crit = torch.nn.BCEWithLogitsLoss()
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        if mode == "nonprivate":
-            dl = DataLoader(TensorDataset(Xt, yt), batch_size=batch, shuffle=True)
-            return model, model, opt, crit, dl
-        from opacus import PrivacyEngine
+    out = PrivacyEngine(accountant="rdp").make_private(
+        module=model, optimizer=opt, criterion=crit, data_loader=DataLoader(data, batch_size=batch),
+        noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=True, grad_sample_mode=mode,
+    )
+    if mode == "ghost":
+        m, o, c, d = out
+    else:
+        (m, o, d), c = out, crit
+    return model, m, o, c, d
 
-        dl = DataLoader(TensorDataset(Xt, yt), batch_size=batch)
-        engine = PrivacyEngine(accountant="rdp")
-        out = engine.make_private(
-            module=model, optimizer=opt, criterion=crit, data_loader=dl,
-            noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=True, grad_sample_mode=mode,
-        )
-        if mode == "ghost":
-            m, o, c, d = out
-        else:
-            (m, o, d), c = out, crit
-        return model, m, o, c, d
 
-    def epoch(m, o, c, d) -> int:
-        seen = 0
-        for xb, yb in d:
-            o.zero_grad(set_to_none=True)
-            loss = c(m(xb).reshape(-1), yb)
-            loss.backward()
-            o.step()
-            seen += len(xb)
-        return seen
+def _epoch(m, o, c, d) -> int:
+    seen = 0
+    for xb, yb in d:
+        if not len(xb):  # Poisson sampling can draw an empty batch; not at these sizes
+            continue
+        o.zero_grad(set_to_none=True)
+        loss = c(m(xb).reshape(-1), yb)
+        loss.backward()
+        o.step()
+        seen += len(xb)
+    return seen
 
-    best = None
-    for _ in range(repeats):
-        raw, m, o, c, d = setup()
-        epoch(m, o, c, d)  # warm-up
-        t0 = time.perf_counter()
-        seen = sum(epoch(m, o, c, d) for _ in range(epochs))
-        dt = time.perf_counter() - t0
-        rate = seen / dt
-        best = rate if best is None else max(best, rate)
-    # Determinism/correctness probe: fixed seed, 1 epoch, weights out.
-    raw, m, o, c, d = setup()
-    epoch(m, o, c, d)
-    weights = [p.detach().reshape(-1).tolist() for p in raw.parameters()]
-    return {
-        "mode": mode,
-        "batch_size": batch,
-        "samples_per_s": best,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "weights": weights,
-    }
+
+def child_throughput(modes: list[str], rows: int, hidden: list[int], batch: int, rounds: int) -> dict:
+    import torch
+
+    runs = {mode: _setup(mode, rows, hidden, batch) for mode in modes}
+    for mode in modes:  # warm-up epoch
+        _epoch(*runs[mode][1:])
+    times: dict[str, list[tuple[float, float, int]]] = {m: [] for m in modes}
+    for _ in range(rounds):
+        for mode in modes:
+            w0, c0 = time.perf_counter(), time.process_time()
+            seen = _epoch(*runs[mode][1:])
+            times[mode].append((time.perf_counter() - w0, time.process_time() - c0, seen))
+    out = {}
+    for mode in modes:
+        out[mode] = {
+            "samples_per_cpu_s": statistics.median(s / c for _, c, s in times[mode]),
+            "samples_per_wall_s": statistics.median(s / w for w, _, s in times[mode]),
+        }
+    # Correctness probe: one epoch from the same seed, weights out.
+    for mode in modes:
+        raw, *rest = _setup(mode, rows, hidden, batch, seed=1)
+        _epoch(*rest)
+        out[mode]["weights"] = [p.detach().reshape(-1).tolist() for p in raw.parameters()]
+    del torch
+    return out
+
+
+def child_rss(mode: str, rows: int, hidden: list[int], batch: int) -> dict:
+    _, *rest = _setup(mode, rows, hidden, batch)
+    _epoch(*rest)
+    _epoch(*rest)
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main() -> None:
@@ -107,47 +126,45 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--hidden", default="64,64")
     ap.add_argument("--batch", default="64,256")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     hidden = [int(h) for h in args.hidden.split(",") if h]
+    modes = args.modes.split(",")
+    if "nonprivate" not in modes:
+        modes.insert(0, "nonprivate")
 
-    if args._child:
-        mode, batch = args._child.split(":")
-        res = _run_one(mode, args.rows, hidden, int(batch), args.epochs, args.repeats, args.threads)
+    if args.child:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        kind, batch = args.child.split(":")
+        if kind == "throughput":
+            res = child_throughput(modes, args.rows, hidden, int(batch), args.rounds)
+        else:
+            res = child_rss(kind, args.rows, hidden, int(batch))
         print(json.dumps(res))
         return
+
+    import numpy as np
 
     repo = Path(__file__).resolve().parent.parent
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(repo), str(repo / "plugins"), env.get("PYTHONPATH", "")])
-    # Round-robin over configurations, `repeats` rounds, best throughput per
-    # configuration: background load on a shared machine hits every mode alike.
-    best: dict[tuple[str, int], dict] = {}
-    for _ in range(args.repeats):
-        for batch in [int(b) for b in args.batch.split(",")]:
-            for mode in args.modes.split(","):
-                cmd = [sys.executable, __file__, "--_child", f"{mode}:{batch}", "--rows", str(args.rows),
-                       "--hidden", args.hidden, "--epochs", str(args.epochs), "--repeats", "1",
-                       "--threads", str(args.threads)]
-                out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-                res = json.loads(out.stdout.strip().splitlines()[-1])
-                key = (mode, batch)
-                if key not in best or res["samples_per_s"] > best[key]["samples_per_s"]:
-                    if key in best:
-                        res["peak_rss_mb"] = max(res["peak_rss_mb"], best[key]["peak_rss_mb"])
-                    best[key] = res
-    results = list(best.values())
 
-    import numpy as np
+    def run_child(spec: str) -> dict:
+        cmd = [sys.executable, __file__, "--child", spec, "--rows", str(args.rows), "--hidden", args.hidden,
+               "--rounds", str(args.rounds), "--threads", str(args.threads), "--modes", ",".join(modes)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
 
-    summary = {
-        "config": {"rows": args.rows, "features": 10, "hidden": hidden, "epochs_timed": args.epochs,
-                   "repeats": args.repeats, "torch_threads": args.threads, "noise_multiplier": 1.0,
-                   "max_grad_norm": 1.0, "python": platform.python_version(), "cpus": os.cpu_count()},
+    summary: dict = {
+        "config": {"rows": args.rows, "features": 10, "hidden": hidden, "rounds": args.rounds,
+                   "torch_threads": args.threads, "noise_multiplier": 1.0, "max_grad_norm": 1.0,
+                   "python": platform.python_version(), "cpus": os.cpu_count(),
+                   "loadavg_start": os.getloadavg()[0]},
         "results": [],
     }
     try:
@@ -158,27 +175,32 @@ def main() -> None:
         summary["config"]["opacus"] = opacus.__version__
     except ImportError:
         pass
-    by = {(r["mode"], r["batch_size"]): r for r in results}
-    for r in results:
-        base = by.get(("nonprivate", r["batch_size"]))
-        hooks = by.get(("hooks", r["batch_size"]))
-        row = {
-            "mode": r["mode"],
-            "batch_size": r["batch_size"],
-            "samples_per_s": round(r["samples_per_s"]),
-            "peak_rss_mb": round(r["peak_rss_mb"], 1),
-        }
-        if base and r["mode"] != "nonprivate":
-            row["throughput_vs_nonprivate"] = round(r["samples_per_s"] / base["samples_per_s"], 3)
-            row["slowdown_x"] = round(base["samples_per_s"] / r["samples_per_s"], 2)
-            row["rss_vs_nonprivate"] = round(r["peak_rss_mb"] / base["peak_rss_mb"], 3)
-        if hooks and r["mode"] not in ("nonprivate", "hooks"):
-            diff = max(
-                float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                for a, b in zip(r["weights"], hooks["weights"])
-            )
-            row["max_weight_diff_vs_hooks"] = diff
-        summary["results"].append(row)
+    for batch in [int(b) for b in args.batch.split(",")]:
+        tp = run_child(f"throughput:{batch}")
+        base = tp["nonprivate"]
+        for mode in modes:
+            r = tp[mode]
+            rss = run_child(f"{mode}:{batch}")["peak_rss_mb"]
+            row = {
+                "mode": mode,
+                "batch_size": batch,
+                "samples_per_cpu_s": round(r["samples_per_cpu_s"]),
+                "samples_per_wall_s": round(r["samples_per_wall_s"]),
+                "peak_rss_mb": round(rss, 1),
+            }
+            if mode == "nonprivate":
+                base_rss = rss
+            else:
+                row["throughput_vs_nonprivate"] = round(r["samples_per_cpu_s"] / base["samples_per_cpu_s"], 3)
+                row["slowdown_x"] = round(base["samples_per_cpu_s"] / r["samples_per_cpu_s"], 2)
+                row["rss_vs_nonprivate"] = round(rss / base_rss, 3)
+                if mode != "hooks" and "hooks" in tp:
+                    row["max_weight_diff_vs_hooks"] = max(
+                        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                        for a, b in zip(r["weights"], tp["hooks"]["weights"])
+                    )
+            summary["results"].append(row)
+    summary["config"]["loadavg_end"] = os.getloadavg()[0]
     print(json.dumps(summary, indent=2))
 
 

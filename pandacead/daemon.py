@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+import struct
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,28 +26,101 @@ log = logging.getLogger("pandacead.daemon")
 
 
 class _Events:
-    """watchdog handler: events only nudge the loop; the scan decides."""
+    """What the inbox watch saw: names written and closed, or renamed in. Only a nudge; the scan decides."""
 
     def __init__(self, wake: threading.Event):
         self.wake = wake
         self.closed: set[str] = set()
         self.lock = threading.Lock()
 
-    def dispatch(self, event: Any) -> None:
-        kind = event.event_type
-        path = getattr(event, "dest_path", "") or event.src_path
-        name = Path(path if isinstance(path, str) else path.decode()).name
+    def note(self, name: str, closed: bool) -> None:
         if not is_candidate(name):
             return
-        if kind in ("closed", "moved"):
+        if closed:
             with self.lock:
                 self.closed.add(name)
         self.wake.set()
+
+    def dispatch(self, event: Any) -> None:
+        """The watchdog handler (the fallback watch)."""
+        path = getattr(event, "dest_path", "") or event.src_path
+        name = Path(path if isinstance(path, str) else path.decode()).name
+        self.note(name, event.event_type in ("closed", "moved"))
 
     def take_closed(self) -> set[str]:
         with self.lock:
             out, self.closed = self.closed, set()
         return out
+
+
+class _InotifyWatch:
+    """The inbox watch on Linux: inotify(7) read directly, IN_CLOSE_WRITE and IN_MOVED_TO only.
+
+    Why not watchdog here: watchdog holds every IN_MOVED_FROM for 0.5 s to
+    pair it with an IN_MOVED_TO, in a FIFO queue. Each claim is a rename out
+    of inbox/, an IN_MOVED_FROM that never pairs, so the event of the next
+    file dropped reached the daemon 0.5 s late: a 25 ms mock job took 500 ms
+    from drop to artifact (docs/benchmarks.md). watchdog stays the fallback
+    where inotify cannot be used.
+    """
+
+    IN_CLOSE_WRITE = 0x00000008
+    IN_MOVED_TO = 0x00000080
+    IN_Q_OVERFLOW = 0x00004000
+    IN_ONLYDIR = 0x01000000
+    _HEADER = struct.Struct("iIII")
+
+    def __init__(self, directory: Path, events: _Events):
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fd = libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        mask = self.IN_CLOSE_WRITE | self.IN_MOVED_TO | self.IN_ONLYDIR
+        if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(err, os.strerror(err))
+        self.fd = fd
+        self.events = events
+        self._stop_r, self._stop_w = os.pipe()
+        self.thread = threading.Thread(target=self._run, name="inbox-watch", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        import select
+
+        while True:
+            ready, _, _ = select.select([self.fd, self._stop_r], [], [])
+            if self._stop_r in ready:
+                return
+            try:
+                buf = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            off = 0
+            while off + self._HEADER.size <= len(buf):
+                _wd, mask, _cookie, length = self._HEADER.unpack_from(buf, off)
+                raw = buf[off + self._HEADER.size: off + self._HEADER.size + length]
+                off += self._HEADER.size + length
+                if mask & self.IN_Q_OVERFLOW:
+                    self.events.wake.set()  # events were lost: the scan finds the files
+                    continue
+                name = os.fsdecode(raw.split(b"\0", 1)[0])
+                self.events.note(name, bool(mask & (self.IN_CLOSE_WRITE | self.IN_MOVED_TO)))
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._stop_w, b"x")
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+        for fd in (self.fd, self._stop_r, self._stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class Daemon:
@@ -95,8 +169,12 @@ class Daemon:
         spool.acquire()
         self.spool = spool
         workers = int(s.daemon.get("workers", 1))
-        pool = WorkerPool(s.home, size=workers, max_jobs=int(s.trainer.get("worker_max_jobs", 50)))
+        pool = WorkerPool(
+            s.home, size=workers, max_jobs=int(s.trainer.get("worker_max_jobs", 50)),
+            warm=self._warm_request(app), warm_timeout=float(s.trainer.get("warm_timeout", 300)),
+        )
         self.pool = pool
+        pool.prewarm()  # in the background: the first job must not pay torch's imports
         assert app.ctx is not None
         pipeline = Pipeline(s, app.plugins, app.ctx, spool.owner, pool=pool, public_keys=app.public_keys,
                         noise_key=app.noise_key)
@@ -145,6 +223,27 @@ class Daemon:
         finally:
             self._shutdown(observer)
 
+    def _warm_request(self, app: App) -> dict[str, Any] | None:
+        """What the worker pool warms up at start and after replacing a worker, or None.
+
+        `[trainer] prewarm`: "auto" (default) or true warms the default backend when it
+        runs in workers (opacus, syft); a list names the backends; false turns it off.
+        """
+        want = self.settings.trainer.get("prewarm", "auto")
+        if want is False or os.environ.get("MOCK_DP") == "1" or app.ctx is None:
+            return None
+        trainers = app.plugins.trainers
+        if isinstance(want, list):
+            names = [str(n) for n in want]
+        else:
+            from pandacead.default_selection import default_backend
+
+            names = [default_backend(trainers, self.settings)]
+        names = [n for n in names if getattr(trainers.get(n), "isolated", False)]
+        if not names:
+            return None
+        return {"trainers": names, "ctx": app.ctx.to_dict()}
+
     def _status(self) -> str:
         return f"{len(self.in_flight)} job(s) running, {len(self.outcomes)} done"
 
@@ -166,13 +265,19 @@ class Daemon:
         return max(0.01, t)
 
     def _start_observer(self) -> Any:
+        handler = _Events(self.wake)
+        self.events = handler
+        try:
+            watch = _InotifyWatch(self.settings.inbox, handler)
+            watch.start()
+            return watch
+        except (OSError, AttributeError) as exc:  # not Linux, or out of inotify instances
+            log.info("inotify is unavailable for %s (%s); using watchdog", self.settings.inbox, exc)
         try:
             from watchdog.observers import Observer
         except Exception as exc:  # pragma: no cover
             log.warning("watchdog is unavailable (%s); relying on periodic scans", exc)
             return None
-        handler = _Events(self.wake)
-        self.events = handler
         observer = Observer()
         observer.schedule(handler, str(self.settings.inbox), recursive=False)
         observer.daemon = True
@@ -277,7 +382,7 @@ class Daemon:
             try:
                 spooled = self.spool.claim(s.inbox, e.name)
             except ClaimError as exc:
-                if self.claim_errors.get(e.name) != str(exc):
+                if self.claim_errors.get(e.name) != str(exc):  # (ClaimError quotes the name with repr)
                     log.error("%s; it stays in the inbox", exc)
                 self.claim_errors[e.name] = str(exc)
                 continue
@@ -289,7 +394,7 @@ class Daemon:
             from pandacead import faults
 
             faults.point("claimed")
-            log.info("claimed %s", e.name)
+            log.info("claimed %s", e.name if e.name.isprintable() else ascii(e.name)[1:-1])
             self._submit(spooled)
         self.notifier.status(self._status())
 

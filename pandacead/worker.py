@@ -70,6 +70,9 @@ def _serve(home: str) -> int:
         if op == "ping":
             send({"type": "result", "value": "pong"})
             continue
+        if op == "warm":
+            send({"type": "result", "value": _warm(plugins, settings, req)})
+            continue
         try:
             trainer = plugins.trainers.get(req.get("trainer"))
             if trainer is None:
@@ -98,6 +101,48 @@ def _serve(home: str) -> int:
             send({"type": "error", "status": "failed",
                   "message": f"The trainer failed: {type(exc).__name__}: {exc}", "details": tb})
     return 0
+
+
+def _warm(plugins: Any, settings: Any, req: dict[str, Any]) -> dict[str, Any]:
+    """Pay a trainer's start-up costs before its first job: heavy imports, services.
+
+    For each trainer named: its optional ``warm(ctx)`` method (a trainer that
+    has one can run a tiny training so its first real job finds everything
+    initialised, or start its syft datasite), then the modules in
+    ``[trainer] preload`` (default: torch and opacus, when installed). Never
+    fails: a warm-up that goes wrong only means a slower first job.
+    """
+    import importlib
+    import importlib.util
+
+    from pandacead.trainers import TrainerContext
+
+    t0 = time.monotonic()
+    done: dict[str, Any] = {"trainers": [], "modules": [], "errors": []}
+    ctx = TrainerContext.from_dict(req["ctx"]) if req.get("ctx") else None
+    for name in req.get("trainers") or []:
+        trainer = plugins.trainers.get(name)
+        warm = getattr(trainer, "warm", None)
+        if not callable(warm):
+            continue
+        try:
+            warm(ctx)
+            done["trainers"].append(name)
+        except Exception as exc:
+            done["errors"].append(f"{name}: {type(exc).__name__}: {exc}")
+    preload = settings.trainer.get("preload", ["torch", "opacus"])
+    for module in preload if isinstance(preload, list) else []:
+        try:
+            if importlib.util.find_spec(module) is not None:
+                importlib.import_module(module)
+                done["modules"].append(module)
+        except Exception as exc:
+            done["errors"].append(f"{module}: {type(exc).__name__}: {exc}")
+    if "torch" in sys.modules and ctx is not None:
+        with contextlib.suppress(Exception):
+            sys.modules["torch"].set_num_threads(max(1, int(ctx.torch_threads)))
+    done["seconds"] = round(time.monotonic() - t0, 3)
+    return done
 
 
 def _jsonable(obj: dict[str, Any]) -> dict[str, Any]:
@@ -209,6 +254,10 @@ class WorkerProcess:
         finally:
             sel.close()
 
+    def warm(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Start the process if needed and run the warm-up; returns what the worker reported."""
+        return dict(self.call({"op": "warm", **request}, timeout=timeout) or {})
+
     def call(
         self, request: dict[str, Any], timeout: float,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
@@ -241,15 +290,31 @@ class WorkerProcess:
 
 
 class WorkerPool:
-    """Warm workers handed out one job at a time; replaced after a failure or N jobs."""
+    """Warm workers handed out one job at a time; replaced after a failure or N jobs.
 
-    def __init__(self, home: Path, size: int, max_jobs: int = 50, env: dict[str, str] | None = None):
+    With `warm` (a request: trainer names and their context), `prewarm()`
+    starts every worker and runs its warm-up in the background, and a worker
+    that is replaced (crash, timeout, N jobs) is started and warmed again right
+    away rather than at the next job, which would otherwise pay the imports
+    (seconds for torch and opacus, more for a syft datasite). A worker is only
+    handed to a job once its warm-up has finished.
+    """
+
+    def __init__(
+        self, home: Path, size: int, max_jobs: int = 50, env: dict[str, str] | None = None,
+        warm: dict[str, Any] | None = None, warm_timeout: float = 300.0,
+    ):
         self.home = home
         self.max_jobs = max_jobs
         self.env = env
+        self.warm_request = warm
+        self.warm_timeout = warm_timeout
         self._idle: queue.LifoQueue[WorkerProcess] = queue.LifoQueue()
         self._all: list[WorkerProcess] = []
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
         self.stopping = threading.Event()
+        self.closed = False
         for _ in range(size):
             w = WorkerProcess(home, env, self.stopping)
             self._all.append(w)
@@ -266,13 +331,49 @@ class WorkerPool:
                 # plan + train count as two calls
                 w.stop()
                 w.jobs_done = 0
-            self._idle.put(w)
+            if self.warm_request is not None and not w.alive:
+                self._warm_in_background(w)  # back in the idle queue once warm
+            else:
+                self._idle.put(w)
+
+    def _warm_in_background(self, w: WorkerProcess) -> None:
+        def run() -> None:
+            try:
+                if not (self.closed or self.stopping.is_set()):
+                    info = w.warm(self.warm_request or {}, timeout=self.warm_timeout)
+                    log.info("worker %s warm in %ss (%s)", w.proc.pid if w.proc else "?", info.get("seconds"),
+                             ", ".join(info.get("trainers", []) + info.get("modules", [])) or "nothing to load")
+                    for err in info.get("errors", []):
+                        log.warning("worker warm-up: %s", err)
+            except Exception as exc:  # the next job starts it again, cold
+                log.warning("warming a worker failed: %s", exc)
+            finally:
+                with self._lock:
+                    if self.closed:
+                        w.kill()
+                self._idle.put(w)
+
+        t = threading.Thread(target=run, name="worker-warm", daemon=True)
+        with self._lock:
+            self._threads = [x for x in self._threads if x.is_alive()] + [t]
+        t.start()
 
     def prewarm(self) -> None:
-        for w in self._all:
+        """Start (and, with a warm request, warm up) every idle worker, in the background."""
+        taken: list[WorkerProcess] = []
+        while True:
+            try:
+                taken.append(self._idle.get_nowait())
+            except queue.Empty:
+                break
+        for w in taken:
+            if self.warm_request is not None:
+                self._warm_in_background(w)
+                continue
             with contextlib.suppress(Exception):
                 if not w.alive:
                     w.start()
+            self._idle.put(w)
 
     def hand_back(self) -> None:
         """Stop the running trainings; their jobs stay spooled and resume at the next start."""
@@ -281,6 +382,14 @@ class WorkerPool:
             w.kill()
 
     def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            threads = list(self._threads)
+        for w in self._all:
+            if any(t.is_alive() for t in threads):
+                w.kill()  # a warm-up in progress: nothing to finish
+        for t in threads:
+            t.join(timeout=10)
         for w in self._all:
             w.stop()
 

@@ -144,6 +144,18 @@ def test_other_refusals(synthetic: DatasetInfo, tmp_path: Path, no_data: list[st
     assert not no_data
 
 
+def test_grad_sample_mode_setting(synthetic: DatasetInfo, no_data: list[str]) -> None:
+    auto = ctx_for(synthetic, grad_sample_mode="auto")
+    job = make_job(dp={"epsilon": 10.0, "noise_multiplier": 5.0, "accountant": "rdp"})
+    assert TRAINER.plan(job, auto).details["grad_sample_mode"] == "hooks"  # expected batch 32
+    big = replace(job, batch_size=200)
+    assert TRAINER.plan(big, auto).details["grad_sample_mode"] == "ghost"
+    assert TRAINER.plan(big, ctx_for(synthetic)).details["grad_sample_mode"] == "hooks"
+    with pytest.raises(JobRejected, match="'ew' is not supported"):
+        TRAINER.plan(job, ctx_for(synthetic, grad_sample_mode="ew"))
+    assert not no_data
+
+
 def test_secure_mode_without_torchcsprng_is_refused(synthetic: DatasetInfo, no_data: list[str]) -> None:
     try:
         import torchcsprng  # noqa: F401
@@ -176,7 +188,10 @@ def test_default_job_at_epsilon_1(synthetic: DatasetInfo) -> None:
     assert result.provenance["dataset_digest"] == synthetic.digest
     assert result.provenance["opacus_version"] and result.provenance["torch_version"]
     assert [e["epoch"] for e in events] == list(range(1, 11))
-    assert events[-1]["epsilon"] == result.epsilon and all(e["loss"] > 0 for e in events)
+    assert events[-1]["epsilon"] == result.epsilon and events[-1]["epsilon_exact"]
+    eps = [e["epsilon"] for e in events]
+    assert eps == sorted(eps) and 0 < eps[0] and all(e <= plan.epsilon for e in eps)
+    assert all(e["loss"] > 0 for e in events)
     json.dumps(result.to_dict())  # crosses the worker boundary as JSON
     model, arch = models.load_model(result.model)
     _, _, X_test, y_test = datasets.load(synthetic, ".")
@@ -243,7 +258,8 @@ def test_csv_dataset_multiclass_mlp(tmp_path: Path) -> None:
     assert info.n_classes == 3
     ctx = ctx_for(info, home=tmp_path)
     job = make_job(dataset="iris", epochs=8, batch_size=40, learning_rate=0.2,
-                   dp={"epsilon": 8.0, "delta": 1e-4}, model=ModelSpec(type="mlp", hidden=(16, 8)))
+                   dp={"epsilon": 8.0, "delta": 1e-4, "accountant": "rdp"},
+                   model=ModelSpec(type="mlp", hidden=(16, 8)))
     plan = TRAINER.plan(job, ctx)
     result = TRAINER.train(job, plan, ctx, lambda e: None)
     assert result.accuracy is not None and result.accuracy > 0.6  # chance is 1/3

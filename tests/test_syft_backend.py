@@ -67,13 +67,13 @@ def make_ctx(home: str) -> TrainerContext:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
+def syft_home(tmp_path_factory):
     return str(tmp_path_factory.mktemp("syft-home"))
 
 
 @pytest.fixture(scope="module")
-def ctx(home):
-    return make_ctx(home)
+def ctx(syft_home):
+    return make_ctx(syft_home)
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +310,65 @@ def test_a_dataset_is_uploaded_once_and_again_when_its_digest_changes(trainer, c
         held = [(d.name, d.summary) for d in site.admin.api.services.dataset.get_all()]
     assert held == [("synthetic", changed.digest)]
     site.ensure_dataset(info, load)  # back to the real digest for any later test
+
+
+# --------------------------------------------------------------------------- through the daemon and CLI
+
+
+def _artifact_checks(artifact: dict) -> None:
+    import base64
+
+    from safetensors.numpy import load as load_safetensors
+
+    assert artifact["backend"] == "syft"
+    assert artifact["model_format"] == "safetensors"
+    assert 0 < artifact["epsilon"] <= artifact["dp"]["epsilon"] == 1.0
+    assert artifact["accuracy"] >= 0.75
+    assert load_safetensors(base64.b64decode(artifact["model"]))
+
+
+def test_daemon_trains_with_syft_and_refuses_an_overspending_job_uncharged(tmp_path):
+    import base64
+
+    from conftest import cli, drop, make_home, run_once
+
+    home = make_home(tmp_path / "home", backend="syft")
+    good = {**GOOD_JOB, "job_id": "daemon-syft-1", "user_id": "alice"}
+    greedy = {**OVERSPENDING_JOB, "job_id": "daemon-syft-2", "user_id": "alice"}
+    drop(home, "a.json", good)
+    drop(home, "b.json", greedy)
+    proc = run_once(home)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+
+    artifact = json.loads((home / "outbox" / "daemon-syft-1.json").read_text())
+    _artifact_checks(artifact)
+    envelope = json.loads((home / "outbox" / "daemon-syft-1.dsse.json").read_text())
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    assert '"syft_version": "0.9.5"' in json.dumps(statement["predicate"])  # provenance names syft
+
+    report = json.loads((home / "outbox" / "daemon-syft-2.error.json").read_text())
+    assert report["status"] == "rejected" and "noise multiplier" in report["error"]
+    assert not (home / "outbox" / "daemon-syft-2.json").exists()
+    budget = json.loads(cli(home, "budget", "show", "alice", "--json").stdout)
+    assert budget["epsilon_spent"] == pytest.approx(artifact["epsilon"])  # the refused job cost 0
+    assert budget["epsilon_reserved"] == 0
+    # The refused job never reached the datasite: no run record, no code request.
+    runs = RunRecord(home / "state" / "syft" / "runs.sqlite")
+    assert runs.get("daemon-syft-1")["state"] == "executed"
+    assert runs.get("daemon-syft-2") is None
+
+
+def test_pandacead_train_runs_a_syft_job_one_shot(tmp_path):
+    from conftest import cli, make_home
+
+    home = make_home(tmp_path / "home")
+    job = {**GOOD_JOB, "job_id": "cli-syft-1"}
+    proc = cli(
+        home, "train", "--home", str(home), "--user-id", "bob", input=json.dumps(job).encode()
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    artifact = json.loads(
+        proc.stdout
+    )  # stdout carries the artifact only: syft's chatter is kept off it
+    _artifact_checks(artifact)
+    assert artifact["user_id"] == "bob"

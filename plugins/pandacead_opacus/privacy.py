@@ -126,6 +126,33 @@ def rdp_curve(noise_multiplier: float, sample_rate: float, steps: int) -> dict[s
     return {str(a): float(v) for a, v in zip(RDP_ORDERS, values) if math.isfinite(float(v))}
 
 
+class RdpProgress:
+    """ε after t steps of one (σ, q) mechanism by RDP, cheaply: ρ_t(α) = t·ρ_1(α).
+
+    Equal to Opacus's RDPAccountant with `EPS_ALPHAS` on history [(σ, q, t)].
+    """
+
+    def __init__(self, noise_multiplier: float, sample_rate: float, delta: float):
+        from opacus.accountants.analysis.rdp import compute_rdp
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._rdp1 = compute_rdp(
+                q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=EPS_ALPHAS
+            )
+        self._delta = delta
+
+    def epsilon(self, steps: int) -> float:
+        from opacus.accountants.analysis.rdp import get_privacy_spent
+
+        if steps <= 0:
+            return 0.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            eps, _ = get_privacy_spent(orders=EPS_ALPHAS, rdp=self._rdp1 * steps, delta=self._delta)
+        return float(eps)
+
+
 def _tolerance(target: float) -> float:
     return max(0.001, 0.01 * target)
 

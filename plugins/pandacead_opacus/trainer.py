@@ -22,7 +22,11 @@ from .privacy import ACCOUNTANTS, RDP_ORDERS
 
 __all__ = ["OpacusTrainer", "RDP_ORDERS"]
 
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "ghost")
+GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch", "ghost")
+#: "auto" uses ghost clipping from this expected batch size on, hooks below
+#: (bench/bench_dpsgd.py: ghost is 15–30 % faster than hooks at batch 128–256
+#: on a 64-64 MLP, equal at 64, up to 7 % slower at 32).
+AUTO_GHOST_MIN_BATCH = 64
 
 SECURE_MODE_UNAVAILABLE = (
     "Secure mode is configured but torchcsprng (Opacus's cryptographically secure noise) "
@@ -41,13 +45,15 @@ def _accountant(job: Job, ctx: TrainerContext) -> str:
     return name
 
 
-def _grad_sample_mode(ctx: TrainerContext) -> str:
+def _grad_sample_mode(ctx: TrainerContext, expected_batch_size: int) -> str:
     mode = ctx.grad_sample_mode or "hooks"
     if mode not in GRAD_SAMPLE_MODES:
         raise JobRejected(
             f"Grad-sample mode {mode!r} is not supported (use one of {', '.join(GRAD_SAMPLE_MODES)}).",
             [f"trainer.grad_sample_mode: {mode!r}"],
         )
+    if mode == "auto":
+        return "ghost" if expected_batch_size >= AUTO_GHOST_MIN_BATCH else "hooks"
     return mode
 
 
@@ -81,7 +87,6 @@ class OpacusTrainer:
         if not dp.enabled:
             raise JobRejected("The opacus backend only runs jobs with differential privacy enabled.")
         accountant = _accountant(job, ctx)
-        mode = _grad_sample_mode(ctx)
         check_secure_mode(ctx)
         try:
             arch = models.architecture(
@@ -105,6 +110,7 @@ class OpacusTrainer:
             )
         sched = privacy.poisson_schedule(n, job.batch_size, job.epochs)
         q, steps = sched["sample_rate"], sched["steps"]
+        mode = _grad_sample_mode(ctx, sched["expected_batch_size"])
         if steps > ctx.max_steps:
             raise JobRejected(
                 f"The job needs {steps} DP-SGD steps ({job.epochs} epochs × "
@@ -223,7 +229,7 @@ class OpacusTrainer:
             arrays,
             threads=ctx.torch_threads,
             progress=progress,
-            grad_sample_mode=plan.details.get("grad_sample_mode") or ctx.grad_sample_mode,
+            grad_sample_mode=plan.details.get("grad_sample_mode"),
             secure_mode=ctx.secure_mode,
         )
         result["provenance"]["backend"] = "opacus"

@@ -32,7 +32,7 @@ from pandacead.errors import JobFailed
 
 from . import models, privacy
 
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "ghost")
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
 DEFAULT_GRAD_SAMPLE_MODE = "hooks"
 #: Relative slack when comparing the final ε with the plan's (both come from
 #: the same deterministic accountant call, so they are normally identical).
@@ -80,6 +80,10 @@ def evaluate(model: Any, arch: dict[str, Any], X: np.ndarray, y: np.ndarray) -> 
     """Held-out metrics: accuracy (classification) or mse and r2 (regression)."""
     if len(X) == 0:
         return {"n_test": 0}
+
+    def finite(v: float | None) -> float | None:
+        return v if v is not None and math.isfinite(v) else None
+
     pred = models.predict(model, arch, X)
     if arch["task"] == "classification":
         acc = float(np.mean(pred == np.asarray(y, dtype=np.int64)))
@@ -89,7 +93,7 @@ def evaluate(model: Any, arch: dict[str, Any], X: np.ndarray, y: np.ndarray) -> 
     mse = float(np.mean((p64 - y64) ** 2))
     ss_tot = float(np.sum((y64 - y64.mean()) ** 2))
     r2 = float(1.0 - np.sum((p64 - y64) ** 2) / ss_tot) if ss_tot > 0 else None
-    return {"mse": mse, "r2": r2, "n_test": int(len(y))}
+    return {"mse": finite(mse), "r2": finite(r2), "n_test": int(len(y))}
 
 
 def job_architecture(job: dict[str, Any], details: dict[str, Any], n_features: int) -> dict[str, Any]:
@@ -209,6 +213,11 @@ def _train_arrays(
 
     seed_everything(int(job["seed"]))
     arch = job_architecture(job, details, X_train.shape[1])
+    if details.get("architecture") not in (None, arch):
+        raise JobFailed(
+            "The model for the training data differs from the planned one.",
+            [f"architecture {arch} != planned {details.get('architecture')}"],
+        )
     model = _validated_model(arch)
     head = arch["head"]
     criterion = _criterion(head)
@@ -238,10 +247,11 @@ def _train_arrays(
             [f"len(loader) = {len(dp_loader)} != {schedule['steps_per_epoch']}"],
         )
 
+    planned_eps = float(plan["epsilon"])
+    rdp_progress = privacy.RdpProgress(sigma, q, delta)
     steps = 0
     acct_seconds = 0.0
     eps_so_far = 0.0
-    eps_steps = 0
     t_train = time.monotonic()
     for epoch in range(1, epochs + 1):
         dp_model.train()
@@ -256,24 +266,32 @@ def _train_arrays(
             if len(xb):
                 loss_sum += float(loss.item()) * len(xb)
                 loss_n += len(xb)
+        # ε so far: the job's accountant on the full history at the last epoch
+        # and whenever that is cheap; otherwise the smaller of two valid upper
+        # bounds (RDP at these steps, the plan's final ε), flagged not exact.
         elapsed = time.monotonic() - t_train
-        if epoch == epochs or acct_seconds <= PROGRESS_ACCOUNTING_SHARE * elapsed:
+        exact = True
+        if accountant == "rdp" and epoch < epochs:
+            eps_so_far = rdp_progress.epsilon(steps)  # equals the RDP accountant's value
+        elif epoch == epochs or acct_seconds <= PROGRESS_ACCOUNTING_SHARE * elapsed:
             t0 = time.monotonic()
             eps_so_far = privacy.epsilon(
                 accountant, engine.accountant.history, delta, eps_error=eps_error
             )
             acct_seconds += time.monotonic() - t0
-            eps_steps = steps
-        event = {
-            "epoch": epoch,
-            "epochs": epochs,
-            "loss": (loss_sum / loss_n) if loss_n else None,
-            "epsilon": eps_so_far,
-            "steps": steps,
-        }
-        if eps_steps != steps:
-            event["epsilon_at_step"] = eps_steps
-        progress(event)
+        else:
+            eps_so_far = min(rdp_progress.epsilon(steps), planned_eps)
+            exact = False
+        progress(
+            {
+                "epoch": epoch,
+                "epochs": epochs,
+                "loss": (loss_sum / loss_n) if loss_n else None,
+                "epsilon": eps_so_far,
+                "epsilon_exact": exact,
+                "steps": steps,
+            }
+        )
     train_seconds = time.monotonic() - t_train
 
     history = [tuple(h) for h in engine.accountant.history]
@@ -282,8 +300,7 @@ def _train_arrays(
             "The accountant's record differs from the plan.",
             [f"history {history} != planned {[(sigma, q, steps_planned)]}"],
         )
-    final_eps = eps_so_far  # computed on the last epoch from the full history
-    planned_eps = float(plan["epsilon"])
+    final_eps = eps_so_far  # the accountant's ε on the full history (last epoch)
     if not (math.isfinite(final_eps) and final_eps <= planned_eps * (1 + EPS_REL_TOL)):
         raise JobFailed(
             f"Training spent ε = {final_eps:.6g}, more than the planned ε = {planned_eps:.6g}.",
@@ -291,6 +308,10 @@ def _train_arrays(
         )
 
     metrics = evaluate(model, arch, X_test, y_test)
+    # A diverged run (too large a learning rate) still spent its ε on the
+    # data: its model is released as it is, flagged, never turned into a
+    # failure whose occurrence would itself depend on the data.
+    metrics["diverged"] = not all(bool(torch.isfinite(p).all()) for p in model.parameters())
     metrics["train_seconds"] = round(train_seconds, 3)
     model_bytes = models.save_model(
         model,
