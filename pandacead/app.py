@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pandacead import __version__
 from pandacead.config import Settings
 from pandacead.hookspecs import hookimpl
 from pandacead.plugins import PluginInfo, Plugins, load_plugins
@@ -124,7 +125,7 @@ class App:
             self.signer = Ed25519Signer(load_private_key(settings.key_path))
             self.plugins.register(
                 SignerPlugin(self.signer), "signer",
-                PluginInfo(name="signer", module="pandacead.app", dist="pandacead", builtin=True),
+                PluginInfo(name="signer", module="pandacead.app", dist="pandacead", version=__version__, builtin=True),
             )
         self.noise_key = load_noise_key(settings) if with_key else b""
         self.public_keys = trusted_keys(settings)

@@ -424,9 +424,11 @@ def verify(artifact: str, keys: tuple[str, ...], envelope: str | None, home: str
 @click.option("--json", "as_json", is_flag=True)
 def plugins(home: str | None, as_json: bool) -> None:
     """List plugins: distribution, version, hooks, trainers, and any load error."""
-    from pandacead.plugins import load_plugins
+    from pandacead.app import App
 
-    ps = load_plugins(_settings(home))
+    s = _settings(home)
+    # With the home's key, the built-in signer is listed like any other plugin.
+    ps = App(s, with_key=s.key_path.exists(), with_datasets=False).plugins
     rows = [i.to_dict() for i in ps.infos.values()]
     if as_json:
         _emit_json(rows)
