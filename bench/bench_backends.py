@@ -117,11 +117,11 @@ class InProc:
 
 
 class Backend:
-    def __init__(self, root: Path, backend: str):
+    def __init__(self, root: Path, backend: str, name: str | None = None, **env: str):
         self.backend = backend
-        self.home = make_home(root / backend, backend=backend)
+        self.home = make_home(root / (name or backend), backend=backend)
         self.watch = OutboxWatch(self.home / "outbox")
-        self.daemon = Daemon(self.home)
+        self.daemon = Daemon(self.home, **env)
         self.ready_s = self.daemon.wait_ready(timeout=180)
         self.warm_s: float | None = None
 
@@ -175,6 +175,13 @@ def run(jobs: int = 5, syft: bool = True, epochs: int = 10, batch: int = 32, kee
     root = bench_root()
     res: dict[str, Any] = {"config": {"jobs": jobs, "epochs": epochs, "batch_size": batch, "model": "linear",
                                       "dataset": "synthetic (800 training rows)", "torch_threads": 1}}
+    # Without the warm-up: the first job pays the worker's start and torch/opacus imports.
+    cold = Backend(root, "opacus", name="opacus-cold", PANDACEAD_TRAINER__PREWARM="false")
+    try:
+        res["cold_first_job_s"] = cold.run(_job("cold-first", epochs, batch))
+        res["cold_second_job_s"] = cold.run(_job("cold-second", epochs, batch))
+    finally:
+        cold.stop()
     opacus = Backend(root, "opacus")
     backends = {"opacus": opacus}
     syft_error = None

@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
         "memory_limit_mb": 4096,
         "torch_threads": 1,
         "accountant": "prv",
-        "grad_sample_mode": "hooks",
+        "grad_sample_mode": "auto",  # ghost clipping for expected batches >= 64, else hooks
         "secure_mode": False,
         "max_steps": 200_000,
         "worker_max_jobs": 50,  # a warm worker is replaced after this many jobs

@@ -68,9 +68,10 @@ class Deferred(OSError):
     one-shot callers such as `pandacead train` report it as one sentence.)
     """
 
-    def __init__(self, message: str, err: int = errno.EAGAIN):
+    def __init__(self, message: str, err: int = errno.EAGAIN, reason: str | None = None):
         super().__init__(err, message)
         self.message = message
+        self.reason = reason or message  # the problem alone, without what happens next
 
 
 @dataclass
@@ -200,7 +201,7 @@ class Pipeline:
     def _require_outbox(self, job_id: str) -> None:
         problem = self.outbox_problem()
         if problem:
-            raise Deferred(f"Job {job_id} waits: {problem}", errno.ENOSPC if "full" in problem else errno.EROFS)
+            raise Deferred(f"Job {job_id} waits: {problem}", errno.ENOSPC if "full" in problem else errno.EROFS, problem)
 
     def parse(self, data: bytes, default_user: str | None = None) -> Job:
         return parse_job(data, default_user=default_user)
@@ -244,10 +245,12 @@ class Pipeline:
     def train(self, job: Job, trainer: Any, plan: PrivacyPlan, row_id: int) -> TrainResult:
         led = self.ledger()
         # Progress rows are for `jobs show` while a job runs: at most one every
-        # 0.5 s, the first 0.5 s into training, and the last epoch always. Each is a
-        # durable SQLite commit (an fsync), so a short job writes only its last one
-        # (the mock pipeline: 4 commits per job became 3; docs/benchmarks.md).
+        # 0.5 s, the first 0.5 s into training. Each is a durable SQLite commit
+        # (an fsync), so a short job writes none while it trains; the last epoch's
+        # row is kept for `record_final_progress`, after the artifact is out
+        # (docs/benchmarks.md: a mock job made 3 commits before its artifact, now 1).
         last = [time.monotonic()]
+        self._local.final_progress = None
 
         def progress(p: dict[str, Any]) -> None:
             extra = {"job_id": job.job_id, "user_id": job.user_id}
@@ -258,8 +261,11 @@ class Pipeline:
                 "job %s progress: epoch %s/%s loss %s ε so far %s", job.job_id, p.get("epoch"), p.get("epochs"),
                 _fmt(p.get("loss")), _fmt(p.get("epsilon")), extra=extra,
             )
+            if p.get("epoch") == p.get("epochs"):
+                self._local.final_progress = (row_id, p)
+                return
             now = time.monotonic()
-            if now - last[0] >= 0.5 or p.get("epoch") == p.get("epochs"):
+            if now - last[0] >= 0.5:
                 last[0] = now
                 with contextlib.suppress(Exception):
                     led.job_progress(row_id, p)
@@ -273,6 +279,14 @@ class Pipeline:
                 f" (ε={plan.epsilon:.6g}, δ={plan.delta:.3g}); the result is discarded.",
             )
         return result
+
+    def record_final_progress(self) -> None:
+        """Write the last epoch's progress row of the job this thread trained, if it reported one."""
+        final = getattr(self._local, "final_progress", None)
+        self._local.final_progress = None
+        if final is not None:
+            with contextlib.suppress(Exception):
+                self.ledger().job_progress(*final)
 
     def sign(self, stmt: dict[str, Any]) -> dict[str, Any]:
         payload = envelope_payload(stmt)
@@ -307,19 +321,19 @@ class Pipeline:
             # reservation, so it is ours) and try again later.
             with contextlib.suppress(OSError):
                 os.unlink(env_path)
+            reason = f"cannot publish into {outbox}: {exc.strerror or exc}"
             raise Deferred(
-                f"Job {job.job_id} is trained but cannot be published into {outbox}: {exc.strerror or exc};"
-                " it keeps its reservation and is tried again later",
-                exc.errno or errno.EIO,
+                f"Job {job.job_id} is trained but {reason}; it keeps its reservation and is tried again later",
+                exc.errno or errno.EIO, reason,
             ) from None
         try:
             faults.fail("sync_outbox")
             fsync_dir(outbox)
         except OSError as exc:
+            reason = f"the outbox {outbox} could not be synced: {exc.strerror or exc}"
             raise Deferred(
-                f"Job {job.job_id} is published but the outbox {outbox} could not be synced:"
-                f" {exc.strerror or exc}; its spend is committed at the next attempt",
-                exc.errno or errno.EIO,
+                f"Job {job.job_id} is published but {reason}; its spend is committed at the next attempt",
+                exc.errno or errno.EIO, reason,
             ) from None
         faults.point("artifact_published")
         return outbox / name
@@ -426,16 +440,26 @@ class Pipeline:
         result = self.train(job, trainer, plan, row_id)
         faults.point("trained")
         log.info("job %s trained: ε=%.6g accuracy=%s", job.job_id, result.epsilon, _fmt(result.accuracy), extra=extra)
-        path = self.publish_success(job, trainer, plan, result, started)
-        log.info("job %s published %s", job.job_id, path.name, extra=extra)
-        self._commit(job, result.epsilon, result.delta, row_id)
+        try:
+            path = self.publish_success(job, trainer, plan, result, started)
+            log.info("job %s published %s", job.job_id, path.name, extra=extra)
+            self._commit(job, result.epsilon, result.delta, row_id)
+        except Deferred as exc:
+            self._note_waiting(job, row_id, exc.reason)
+            raise
         faults.point("committed")
         log.info("job %s committed ε=%.6g δ=%.3g for user %s", job.job_id, result.epsilon, result.delta,
                  job.user_id, extra=extra)
+        self.record_final_progress()
         self.cleanup(spooled)
         out = Outcome(job.job_id, "succeeded", job.user_id, trainer.name, result.epsilon, artifact=path)
         self._notify(job, out)
         return out
+
+    def _note_waiting(self, job: Job, row_id: int, why: str) -> None:
+        """Say in the job's status row why it waits (`pandacead jobs show`); best effort."""
+        with contextlib.suppress(Exception):
+            self.ledger().job_event(job.job_id, "running", row_id=row_id, error=f"waiting: {why}")
 
     def _commit(self, job: Job, epsilon: float, delta: float, row_id: int) -> None:
         """Charge a published job. Its artifact is out: a failure here must never turn into a
@@ -444,10 +468,10 @@ class Pipeline:
             faults.fail("commit")
             self.ledger().commit(job.job_id, epsilon, delta, row_id=row_id)
         except Exception as exc:
+            reason = f"its spend could not be recorded ({type(exc).__name__}: {exc})"
             raise Deferred(
-                f"Job {job.job_id} is published but its spend could not be recorded ({type(exc).__name__}:"
-                f" {exc}); it is committed at the next attempt",
-                errno.EBUSY,
+                f"Job {job.job_id} is published but {reason}; it is committed at the next attempt",
+                errno.EBUSY, reason,
             ) from None
 
     def _resume(self, spooled: Path, job: Job, trainer: Any, prior: dict[str, Any]) -> Outcome:
@@ -474,9 +498,19 @@ class Pipeline:
                 out = Outcome(job.job_id, "succeeded", job.user_id, spend["backend"], art["epsilon"], artifact=art_path)
                 self._notify(job, out)
                 return out
-        self._require_outbox(job.job_id)  # waiting for the outbox costs no attempt
+        try:
+            self._require_outbox(job.job_id)  # waiting for the outbox costs no attempt
+        except Deferred as exc:
+            self._note_waiting(job, row_id, exc.reason)
+            raise
         attempts = led.bump_attempts(row_id)
         if attempts >= int(self.settings.daemon.get("max_attempts", 3)):
+            last = prior.get("error") or ""
+            if last.startswith("waiting: "):
+                raise JobFailed(
+                    f"Job {job.job_id} could not be finished in {attempts} attempts; the last problem: {last[9:]}.",
+                    [f"attempts: {attempts}", last],
+                )
             raise JobFailed(f"Job {job.job_id} was interrupted {attempts} times and is given up.")
         plan = self.plan(job, trainer)
         if plan.epsilon > spend["epsilon_reserved"] * (1 + SLACK) or plan.delta > spend["delta_reserved"] * (1 + SLACK):
@@ -502,10 +536,17 @@ class Pipeline:
                 # This file's job is published and charged; what failed came after (clean-up).
                 # Never report a charged job as failed: its file is settled on a retry.
                 raise Deferred(f"Job {job_id} succeeded but could not be cleaned up: {exc.message}")
-        led.settle_failure(
-            job_id, user_id, exc.status, exc.message, exc.details, owner=spooled.name, file=spooled.name,
-            backend=backend, row_id=row_id,
-        )
+        try:
+            led.settle_failure(
+                job_id, user_id, exc.status, exc.message, exc.details, owner=spooled.name, file=spooled.name,
+                backend=backend, row_id=row_id,
+            )
+        except sqlite3.OperationalError as err:
+            raise Deferred(
+                f"Job {job_id} {exc.status} ({exc.message}), but the ledger {self.settings.ledger_path} is"
+                f" unavailable to record it ({err}); it is recorded on a later attempt",
+                errno.EBUSY,
+            ) from None
         faults.point("error_recorded")
         self.publish_error(job_id, exc.status, exc.message, exc.details)
         faults.point("error_published")

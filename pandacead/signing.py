@@ -72,10 +72,11 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         raise ConfigError(f"The signing key {path} does not exist; run `pandacead init`.") from None
     except OSError as exc:
         raise ConfigError(f"The signing key {path} cannot be opened: {exc.strerror}.") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):  # checked before fdopen, which refuses a directory with EISDIR
+        os.close(fd)
+        raise ConfigError(f"The signing key {path} is not a regular file.")
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"The signing key {path} is not a regular file.")
         if st.st_mode & 0o077:
             raise ConfigError(
                 f"The signing key {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o});"

@@ -64,7 +64,7 @@ class TrainerContext:
     state_dir: str
     torch_threads: int = 1
     accountant: str = "prv"
-    grad_sample_mode: str = "hooks"
+    grad_sample_mode: str = "auto"
     secure_mode: bool = False
     max_steps: int = 200_000
     options: dict[str, Any] = field(default_factory=dict)

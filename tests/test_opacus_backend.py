@@ -32,10 +32,11 @@ torch.set_num_threads(1)
 TRAINER = OpacusTrainer()
 
 
-def ctx_for(*infos: DatasetInfo, home: Path | str = ".", **kw: Any) -> TrainerContext:
-    return TrainerContext(
-        datasets={i.name: i for i in infos}, state_dir=str(home), options={"home": str(home)}, **kw
-    )
+def ctx_for(*infos: DatasetInfo, home: Path | str = ".", noise_seed: int | None = None, **kw: Any) -> TrainerContext:
+    options: dict[str, Any] = {"home": str(home)}
+    if noise_seed is not None:
+        options["noise_seed"] = noise_seed
+    return TrainerContext(datasets={i.name: i for i in infos}, state_dir=str(home), options=options, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -204,15 +205,20 @@ def _plan_dict(info: DatasetInfo, job: Job, **ctx_kw: Any) -> dict[str, Any]:
     return TRAINER.plan(job, ctx_for(info, **ctx_kw)).to_dict()
 
 
-def test_noise_is_applied_and_seeded(synthetic: DatasetInfo, arrays: dict[str, np.ndarray]) -> None:
+def test_noise_is_applied_secret_and_seeded(synthetic: DatasetInfo, arrays: dict[str, np.ndarray]) -> None:
     job = make_job(epochs=2, batch_size=64, dp={"epsilon": 2.0, "delta": 1e-5, "accountant": "rdp"},
                    model=ModelSpec(type="mlp", hidden=(8,)))
     plan = _plan_dict(synthetic, job)
-    a = train_arrays(job.to_dict(), plan, arrays, 1)
-    b = train_arrays(job.to_dict(), plan, arrays, 1)
-    assert a["model"] == b["model"]  # deterministic for a seed
-    c = train_arrays(replace(job, seed=43).to_dict(), plan, arrays, 1)
+    a = train_arrays(job.to_dict(), plan, arrays, 1, noise_seed=123)
+    b = train_arrays(job.to_dict(), plan, arrays, 1, noise_seed=123)
+    assert a["model"] == b["model"]  # reproducible on the host, given its secret seed
+    assert a["training_params"]["noise_source"] == "secret per-job seed"
+    # The buyer's job.seed does not determine the noise or the batches.
+    c = train_arrays(job.to_dict(), plan, arrays, 1, noise_seed=124)
     assert c["model"] != a["model"]
+    d = train_arrays(job.to_dict(), plan, arrays, 1)
+    assert d["model"] != a["model"] and d["training_params"]["noise_source"] == "os entropy"
+    # Noise (and clipping) move the weights away from the non-private run of the same job.
     ref = train_nonprivate_arrays(job.to_dict(), plan, arrays, 1)
     wa = models.load_model(a["model"])[0].state_dict()
     wr = models.load_model(ref["model"])[0].state_dict()
@@ -233,10 +239,11 @@ def test_noise_has_the_planned_scale(tmp_path: Path) -> None:
     sigma, clip, lr = 2.0, 0.5, 1.0
     job = make_job(dataset="zeros", epochs=1, batch_size=100, learning_rate=lr,
                    dp={"epsilon": 100.0, "delta": 1e-3, "clip": clip, "noise_multiplier": sigma, "accountant": "rdp"})
-    ctx = ctx_for(info, home=tmp_path)
+    ctx = ctx_for(info, home=tmp_path, noise_seed=2**62 + 5)
     plan = TRAINER.plan(job, ctx)
     assert (plan.sample_rate, plan.steps) == (1.0, 1)
     result = TRAINER.train(job, plan, ctx, lambda e: None)
+    assert result.training_params["noise_source"] == "secret per-job seed"
     model, _ = models.load_model(result.model)
     w = model[0].weight.detach().numpy().ravel()
     expected = lr * sigma * clip / 100
@@ -286,14 +293,21 @@ def test_regression(tmp_path: Path) -> None:
     assert result.training_params["loss"] == "MSELoss"
 
 
-@pytest.mark.parametrize("mode", ["ghost", "functorch"])
-def test_grad_sample_modes_agree_with_hooks(synthetic: DatasetInfo, arrays: dict[str, np.ndarray], mode: str) -> None:
-    job = make_job(epochs=1, batch_size=100, dp={"epsilon": 3.0, "accountant": "rdp"},
+@pytest.fixture(scope="module")
+def small_mlp_run(synthetic: DatasetInfo, arrays: dict[str, np.ndarray]) -> tuple[Job, dict[str, Any], dict[str, Any]]:
+    job = make_job(epochs=1, batch_size=100, dp={"epsilon": 10.0, "noise_multiplier": 1.0, "accountant": "rdp"},
                    model=ModelSpec(type="mlp", hidden=(8,)))
     plan = _plan_dict(synthetic, job)
-    hooks = models.load_model(train_arrays(job.to_dict(), plan, arrays, 1)["model"])[0].state_dict()
-    other = train_arrays(job.to_dict(), plan, arrays, 1, grad_sample_mode=mode)
+    return job, plan, train_arrays(job.to_dict(), plan, arrays, 1, noise_seed=7)
+
+
+@pytest.mark.parametrize("mode", ["ghost", "functorch"])
+def test_grad_sample_modes_agree_with_hooks(small_mlp_run: Any, arrays: dict[str, np.ndarray], mode: str) -> None:
+    job, plan, hooks_run = small_mlp_run
+    hooks = models.load_model(hooks_run["model"])[0].state_dict()
+    other = train_arrays(job.to_dict(), plan, arrays, 1, grad_sample_mode=mode, noise_seed=7)
     assert other["training_params"]["grad_sample_mode"] == mode
+    assert other["epsilon"] == hooks_run["epsilon"]
     w = models.load_model(other["model"])[0].state_dict()
     for k in hooks:
         torch.testing.assert_close(w[k], hooks[k], atol=1e-5, rtol=1e-4)
@@ -310,9 +324,8 @@ def test_train_refuses_a_run_that_does_not_match_its_plan(synthetic: DatasetInfo
         train_arrays({**job.to_dict(), "batch_size": 16}, plan, arrays, 1)
 
 
-def test_train_result_shape_for_other_backends(synthetic: DatasetInfo, arrays: dict[str, np.ndarray]) -> None:
-    job = make_job(epochs=1, dp={"accountant": "rdp"})
-    out = train_arrays(job.to_dict(), _plan_dict(synthetic, job), arrays, 1)
+def test_train_result_shape_for_other_backends(small_mlp_run: Any) -> None:
+    out = small_mlp_run[2]
     assert isinstance(out["model"], bytes)
     TrainResult(**out)  # exactly the TrainResult fields
     json.dumps({k: v for k, v in out.items() if k != "model"})

@@ -379,7 +379,10 @@ def test_a_file_still_being_written_is_not_taken(live):
 def test_thousands_of_files_at_once(live):
     home = live.home
     corpus = [c for c in load_corpus() if len(c[1]) < 4096]
-    n, valid_every = 2000, 8
+    n, valid_every = 2000, 20
+    led = ledger(home)
+    led.set_budget("thousand", 100.0, 0.01)
+    led.close()
     before = len(live.rows())
     t0 = time.monotonic()
     for i in range(n):

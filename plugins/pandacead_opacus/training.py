@@ -6,8 +6,14 @@ fields of a `pandacead.trainers.TrainResult` as a dict (``model`` as
 safetensors bytes), so it can run inside a syft function as well as in
 pandacead's worker process.
 
-What it does, in order: seed torch/numpy/random from ``job["seed"]``; build
-the model (linear or MLP, checked by Opacus's ModuleValidator); wrap model,
+Randomness: ``job["seed"]`` (chosen by the buyer, public) seeds only the
+initial weights. Poisson sampling and DP noise come from generators seeded
+by ``noise_seed`` — the host's secret per-job seed (pandacead passes
+``ctx.options["noise_seed"]``) — or, without one, from fresh OS entropy. A
+buyer who could predict the noise could subtract it.
+
+What it does, in order: seed the model's initialisation from
+``job["seed"]``; build the model (linear or MLP, checked by Opacus's ModuleValidator); wrap model,
 SGD optimizer and ``DataLoader(batch_size=B)`` with Opacus's
 ``PrivacyEngine.make_private(poisson_sampling=True, max_grad_norm=dp.clip,
 noise_multiplier=plan σ)``, using the plan's accountant; run
@@ -19,8 +25,10 @@ the plan's; evaluate on the held-out arrays.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
+import secrets
 import time
 import warnings
 from collections.abc import Callable
@@ -51,6 +59,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(int(seed))
     np.random.seed(int(seed) % 2**32)
     random.seed(int(seed))
+
+
+def _derived_seed(secret: int, purpose: str) -> int:
+    digest = hashlib.sha256(f"pandacead-opacus\0{secret}\0{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def secret_generators(noise_seed: int | None) -> tuple[Any, Any, str]:
+    """(Poisson-sampling generator, noise generator, source) from the secret seed.
+
+    Without a seed, both come from OS entropy (not reproducible, still secret).
+    Torch's global RNG is reseeded from the same secret, so nothing after the
+    model's initialisation draws from a stream the buyer's ``job.seed`` fixes.
+    """
+    import torch
+
+    source = "secret per-job seed"
+    if noise_seed is None:
+        noise_seed, source = secrets.randbits(63), "os entropy"
+    sampling = torch.Generator().manual_seed(_derived_seed(int(noise_seed), "poisson"))
+    noise = torch.Generator().manual_seed(_derived_seed(int(noise_seed), "noise"))
+    torch.manual_seed(_derived_seed(int(noise_seed), "global"))
+    return sampling, noise, source
 
 
 def _criterion(head: str) -> Any:
@@ -139,8 +170,12 @@ def train_arrays(
     *,
     grad_sample_mode: str | None = None,
     secure_mode: bool = False,
+    noise_seed: int | None = None,
 ) -> dict[str, Any]:
     """Train `job` with DP-SGD under `plan` on `arrays` (X_train, y_train, X_test, y_test).
+
+    `noise_seed` is the secret seed of Poisson sampling and noise (see the
+    module docstring); never derive it from anything the buyer knows.
 
     Returns {"model": safetensors bytes, "epsilon", "delta", "n", "accuracy",
     "metrics", "training_params", "provenance"} — the fields of a TrainResult.
@@ -158,6 +193,7 @@ def train_arrays(
             progress,
             grad_sample_mode=grad_sample_mode,
             secure_mode=secure_mode,
+            noise_seed=noise_seed,
         )
 
 
@@ -170,6 +206,7 @@ def _train_arrays(
     *,
     grad_sample_mode: str | None,
     secure_mode: bool,
+    noise_seed: int | None,
 ) -> dict[str, Any]:
     import torch
     from opacus import PrivacyEngine
@@ -218,12 +255,20 @@ def _train_arrays(
             "The model for the training data differs from the planned one.",
             [f"architecture {arch} != planned {details.get('architecture')}"],
         )
-    model = _validated_model(arch)
+    model = _validated_model(arch)  # initial weights: from job["seed"] (public)
+    # Everything after this point that is random is secret.
+    if secure_mode:  # Opacus draws sampling and noise from torchcsprng
+        sampling_gen, noise_gen, noise_source = None, None, "torchcsprng (secure mode)"
+        secret_generators(None)
+    else:
+        sampling_gen, noise_gen, noise_source = secret_generators(noise_seed)
     head = arch["head"]
     criterion = _criterion(head)
     optimizer = torch.optim.SGD(model.parameters(), lr=float(job["learning_rate"]))
     loader = DataLoader(
-        TensorDataset(torch.from_numpy(X_train), _targets(head, y_train)), batch_size=batch_size
+        TensorDataset(torch.from_numpy(X_train), _targets(head, y_train)),
+        batch_size=batch_size,
+        generator=sampling_gen,  # DPDataLoader.from_data_loader samples with this generator
     )
     engine = PrivacyEngine(accountant=accountant, secure_mode=bool(secure_mode))
     private = engine.make_private(
@@ -235,6 +280,7 @@ def _train_arrays(
         max_grad_norm=float(dp["clip"]),
         poisson_sampling=True,
         grad_sample_mode=mode,
+        noise_generator=noise_gen,
     )
     if mode == "ghost":
         dp_model, dp_optimizer, dp_criterion, dp_loader = private
@@ -338,6 +384,7 @@ def _train_arrays(
         "architecture": arch,
         "grad_sample_mode": mode,
         "secure_mode": bool(secure_mode),
+        "noise_source": noise_source,
     }
     if accountant == "prv":
         training_params["prv_eps_error"] = eps_error
