@@ -67,10 +67,11 @@ def _job(job_id: str, epochs: int, batch: int, backend: str | None = None) -> di
 
 def serve_inproc(home: str) -> None:
     """Child: read job JSON lines, run OpacusTrainer.plan + .train in this process, print timings."""
+    from pandacead_opacus.trainer import OpacusTrainer
+
     from pandacead.app import build_context
     from pandacead.config import load_settings
     from pandacead.jobs import parse_job
-    from pandacead_opacus.trainer import OpacusTrainer
 
     settings = load_settings(home)
     ctx = build_context(settings)

@@ -162,7 +162,6 @@ def stages(n: int = 150, epochs: int = 2) -> dict[str, Any]:
     lines per job cost ~0.3 ms). Medians in ms.
     """
     import logging
-    import time
 
     from pandacead import artifacts, signing
     from pandacead.app import App

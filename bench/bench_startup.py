@@ -37,16 +37,25 @@ def _time(cmd: list[str], env: dict[str, str]) -> float:
     return dt
 
 
-def import_profile(cmd: list[str], env: dict[str, str], top: int = 8) -> list[dict[str, Any]]:
-    """The slowest top-level-ish imports (cumulative µs) of a command, from -X importtime."""
+def import_profile(cmd: list[str], env: dict[str, str], top: int = 6) -> list[dict[str, Any]]:
+    """The slowest top-level imports of a command (cumulative ms, `-X importtime`), each with its slowest child."""
     r = subprocess.run([str(BIN / "python"), "-X", "importtime", *cmd], capture_output=True, env=env)
-    rows = []
+    tops: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []  # importtime prints children before their parent
     for line in r.stderr.decode(errors="replace").splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
-        if m and len(m.group(3)) <= 3:  # depth 0 and 1 only
-            rows.append({"module": m.group(4), "cumulative_ms": int(m.group(2)) / 1000, "depth": len(m.group(3)) // 2})
-    rows.sort(key=lambda r: -r["cumulative_ms"])
-    return rows[:top]
+        if not m:
+            continue
+        depth = len(m.group(3)) // 2
+        entry = {"module": m.group(4), "cumulative_ms": int(m.group(2)) / 1000}
+        if depth == 1:
+            pending.append(entry)
+        elif depth == 0:
+            entry["slowest_child"] = max(pending, key=lambda e: e["cumulative_ms"]) if pending else None
+            tops.append(entry)
+            pending = []
+    tops.sort(key=lambda e: -e["cumulative_ms"])
+    return tops[:top]
 
 
 def run(runs: int = 15) -> dict[str, Any]:

@@ -59,11 +59,33 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _fs_type(path: Path) -> str:
+    """The filesystem type of `path`, from /proc/mounts (longest mount point that contains it)."""
+    best, kind = "", ""
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 3 and (str(path) + "/").startswith(fields[1].rstrip("/") + "/") and len(fields[1]) >= len(best):
+                best, kind = fields[1], fields[2]
+    except OSError:
+        pass
+    return kind
+
+
 def bench_root() -> Path:
-    """A scratch directory on the same filesystem as the repository (fsync costs are per filesystem)."""
+    """A scratch directory on a disk-backed filesystem: fsync costs are the filesystem's.
+
+    $PANDACEAD_BENCH_DIR if set; else the first of /var/tmp, the temp dir and the
+    repository that is not tmpfs (a floor measured in RAM would be no floor).
+    """
     base = os.environ.get("PANDACEAD_BENCH_DIR")
     if base:
         Path(base).mkdir(parents=True, exist_ok=True)
+    else:
+        for cand in (Path("/var/tmp"), Path(tempfile.gettempdir()), REPO):
+            if cand.is_dir() and os.access(cand, os.W_OK) and _fs_type(cand.resolve()) not in ("tmpfs", "ramfs"):
+                base = str(cand)
+                break
     return Path(tempfile.mkdtemp(prefix="pandacead-bench-", dir=base or None))
 
 
@@ -208,7 +230,7 @@ class Daemon:
         while True:
             try:
                 msg = self.sock.recv(65536).decode(errors="replace")
-            except socket.timeout:
+            except TimeoutError:
                 if self.proc.poll() is not None:
                     return
                 continue

@@ -58,9 +58,10 @@ def summary_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
                      "baseline": f"in-process plan+train {_f(b['inproc_s'])} s",
                      "ratio": b["ratios"]["daemon_vs_inproc"]})
     c = r.get("dpsgd") or {}
+    defaults = c.get("default_modes") or {}
     for row in c.get("results", []):
-        if row.get("mode") == c.get("default_mode", "hooks") and "slowdown_x" in row:
-            rows.append({"key": "c_dpsgd", "label": f"(c) DP-SGD ({row['mode']}, pandacead's default) vs non-private, batch {row['batch_size']}",
+        if row.get("mode") == defaults.get(str(row.get("batch_size")), "hooks") and "slowdown_x" in row:
+            rows.append({"key": "c_dpsgd", "label": f"(c) DP-SGD, default mode ({row['mode']}) vs non-private, batch {row['batch_size']}",
                          "value": f"{_f(float(row.get('samples_per_cpu_s', 0)), 0)} samples/s",
                          "baseline": "non-private, same run", "ratio": float(row["slowdown_x"])})
     for batch, best in (c.get("best") or {}).items():
@@ -163,14 +164,14 @@ def plot(r: dict[str, Any], path: Path) -> None:
         if b.get("first_job_s", {}).get("syft") is not None:
             bars.append(("syft daemon,\n1st job (datasite)", b["first_job_s"]["syft"], []))
     if bars:
-        xs = range(len(bars))
-        ax.bar(xs, [v for _, v, _ in bars], color="#8fbc8f")
-        for x, (_, v, pts) in zip(xs, bars):
-            ax.scatter([x] * len(pts), pts, color="black", s=8, zorder=3)
-            ax.text(x, v, f"{v:.2f} s", ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels([n for n, _, _ in bars], fontsize=7)
-    ax.set_ylabel("seconds per job (median; dots: each job)")
+        ys = list(range(len(bars)))[::-1]
+        ax.barh(ys, [v for _, v, _ in bars], color="#8fbc8f")
+        for yi, (_, v, pts) in zip(ys, bars):
+            ax.scatter(pts, [yi] * len(pts), color="black", s=8, zorder=3)
+            ax.text(v * 1.01, yi, f"{v:.2f} s", va="center", fontsize=7)
+        ax.set_yticks(ys)
+        ax.set_yticklabels([n.replace("\n", " ") for n, _, _ in bars], fontsize=7)
+    ax.set_xlabel("seconds per job (median; dots: each job)")
     ax.set_title("(b, e) a real DP-SGD job (examples/alice-logreg.json)", fontsize=9)
 
     # 4. DP-SGD slowdown per grad-sample mode

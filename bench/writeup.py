@@ -128,16 +128,18 @@ Three things separate the daemon from the floor:
    {_f(fl['p50_ms'] + fp['sqlite_commit'])} ms per job, against which the daemon's p50 is
    {_f(dm['p50_ms'] / max(1e-9, fl['p50_ms'] + fp['sqlite_commit']))}×.
 2. **The job's last progress row** (`jobs show` reports the final epoch of a finished job) is
-   a third commit inside "mock train + progress" ({_f(w.get('mock train + progress'))} ms wall
-   against {_f(c.get('mock train + progress'))} ms of CPU); see *Left open* for how the
-   ledger could fold it into the commit.
+   a third commit, written after the artifact is out (so it is not in the latency, but it is in
+   the throughput): {_f(w.get('last progress row (commit 3)'))} ms in this run; see *Left open*
+   for how the ledger could fold it into the second.
 3. **CPU the contract asks for**: schema validation of the job
    ({_f(c.get('parse + schema'), 2)} ms), the RFC 8785 canonical hash of the artifact
    ({_f(c.get('artifact + RFC 8785 hash'), 2)} ms), the in-toto statement and DSSE envelope
    around the signature ({_f(c.get('DSSE envelope + sign'), 2)} ms against the floor's bare
    {_f(fp['sign'], 3)} ms signature), the mock training itself, and the daemon's own turn of
-   its loop (a scan of inbox/, the claim, a thread hand-off) — about
-   {_f(c['TOTAL'], 1)} ms of CPU per job in all. When the disk is idle an fsync costs
+   its loop (a scan of inbox/, the claim, a thread hand-off; about 1 ms) — about
+   {_f(c['TOTAL'], 1)} ms of CPU per job in all. Without the mock training
+   ({_f(w.get('mock train', w.get('mock train + progress')))} ms), the daemon's p50 would be
+   {_f((dm['p50_ms'] - (w.get('mock train', w.get('mock train + progress')) or 0)) / max(1e-9, fl['p50_ms']))}× the floor. When the disk is idle an fsync costs
    a fraction of a millisecond and this CPU dominates; when the disk is busy (other
    processes writing) fsyncs take milliseconds each and the ratio shrinks towards the ratio
    of fsyncs (3 files + 3 commits for the daemon, 3 files + 1 commit for the floor).
@@ -157,7 +159,7 @@ def _section_b(b: dict[str, Any]) -> str:
     cfg = b["config"]
     cold = b.get("cold_first_job_s")
     first = b.get("first_job_s", {})
-    return "\n".join([head, f"""The job is the README's first example (`examples/alice-logreg.json`: synthetic data, {cfg['dataset']},
+    return "\n".join([head, f"""The job is the README's first example (`examples/alice-logreg.json`: {cfg['dataset']},
 logistic regression, {cfg['epochs']} epochs, batch {cfg['batch_size']}, ε = 1 with σ calibrated by the
 PRV accountant). Through the daemon it is timed from the drop into inbox/ to its artifact in
 outbox/: claim, validation, the plan in the worker, the ledger reservation, the training in
@@ -201,14 +203,15 @@ def _section_c(c: dict[str, Any]) -> str:
     for row in c["results"]:
         rows.append([row["mode"], row["batch_size"], _f(float(row.get("samples_per_cpu_s", 0)), 0),
                      "" if "slowdown_x" not in row else f"{row['slowdown_x']:.2f}×",
-                     _f(row.get("peak_rss_mb"), 0), _f(row.get("max_weight_diff_vs_hooks"), 3)
+                     _f(row.get("peak_rss_mb"), 0), f"{row['max_weight_diff_vs_hooks']:.1e}"
                      if row.get("max_weight_diff_vs_hooks") is not None else ""])
     return "\n".join([head, f"""`bench/bench_dpsgd.py` (the Opacus backend's benchmark, run as is): the same model
 (MLP {cfg.get('features', 10)} → {' → '.join(str(h) for h in cfg.get('hidden', []))} → 1), data
 ({cfg.get('rows')} synthetic rows) and SGD, with and without Opacus (σ = {cfg.get('noise_multiplier')},
 C = {cfg.get('max_grad_norm')}, Poisson sampling), one torch thread; every mode of a batch size
 in one process, timed epoch by epoch in turns, in CPU seconds of the process. pandacead's
-default grad-sample mode is `{c.get('default_mode', 'hooks')}` (`[trainer] grad_sample_mode`).
+`[trainer] grad_sample_mode` is `{c.get('default_setting', 'hooks')}` by default, which gives
+{', '.join(f'`{m}` at batch {b}' for b, m in (c.get('default_modes') or {}).items())}.
 """,
         _table(["mode", "batch", "samples / CPU s", "slowdown vs non-private", "peak RSS MB", "max |w − w_hooks|"], rows),
         """
@@ -234,7 +237,10 @@ def _section_d(d: dict[str, Any]) -> str:
     base = m["python -c pass"]
     rows = [[f"`{k}`", _f(val * 1e3, 1), f"{val / base:.2f}×"] for k, val in m.items()]
     imports = d.get("budget_show_imports") or []
-    imp_rows = [[("  " * i["depth"]) + f"`{i['module']}`", _f(i["cumulative_ms"], 1)] for i in imports]
+    imp_rows = [[f"`{i['module']}`", _f(i["cumulative_ms"], 1),
+                 "" if not i.get("slowest_child") else
+                 f"`{i['slowest_child']['module']}` {_f(i['slowest_child']['cumulative_ms'], 1)} ms"]
+                for i in imports]
     return "\n".join([head, f"""Whole processes, spawn to exit, median of {d['runs']} runs each, taking turns: the
 venv's `python` and its `pandacead` console script, on a home with a few users in the ledger.
 `python -c "import click"` is not a target: it shows what the CLI framework alone costs.
@@ -248,12 +254,13 @@ little more than the framework it is written in.
 `pandacead budget show` is dominated by one import. The slowest imports of `budget show`
 (`python -X importtime`, cumulative ms, this run):
 """,
-        _table(["module", "ms"], imp_rows),
+        _table(["imported by `budget show`", "ms", "its slowest import"], imp_rows),
         """
 `pandacead.ledger` imports `sqlite_utils` at module level, and `sqlite_utils.db` imports pandas
 (and numpy) whenever they are installed, to support DataFrame columns pandacead never uses.
 pandas is installed here by the `dev` extra (`datasets.py` reads Parquet with it), so every
-ledger command pays for it. See *Left open*.
+ledger command pays for it (`importlib.metadata` is sqlite_utils again: it loads its own
+plugins' entry points when the ledger opens the database). See *Left open*.
 """])
 
 
@@ -266,7 +273,7 @@ def _section_e(b: dict[str, Any]) -> str:
         return head + f"Not measured in this run: {b['syft_error']}.\n"
     if "syft" not in b.get("job_s", {}):
         return ""
-    return "\n".join([head, f"""The same job on a daemon whose default backend is `syft`, side by side with the opacus
+    return "\n".join([head, """The same job on a daemon whose default backend is `syft`, side by side with the opacus
 daemon of (b), taking turns. Both backends run the same DP-SGD (`pandacead_opacus.training.train_arrays`);
 the syft backend runs it as a code request on the earner's own datasite (dataset upload once
 per digest, a data-scientist account per spender, request, approval, execution, denial).
@@ -314,61 +321,76 @@ the job. `[trainer] memory_limit_mb` (RLIMIT_AS, default 4096) bounds each worke
 
 CHANGES = """## What this work changed, and what each change did
 
-Measured on this machine during the work, before/after pairs run back to back (the
-figures above are from the latest run and include all of them):
+Measured on this machine during the work, before/after runs back to back on a busy
+machine (other test suites running: absolute figures move with the load, the ratios less);
+the figures above are from the latest run and include all of the changes:
 
 1. **The inbox watch no longer goes through watchdog on Linux** (`pandacead/daemon.py`,
    `_InotifyWatch`). watchdog holds every `IN_MOVED_FROM` for 0.5 s to pair it with an
    `IN_MOVED_TO`, in a FIFO queue. Every claim is a rename *out of* inbox/, an
    `IN_MOVED_FROM` that never pairs, so the event of whatever was dropped next waited
-   0.5 s behind it and files were only taken when their 0.5 s settle time ran out. The
-   daemon now reads inotify itself (`IN_CLOSE_WRITE | IN_MOVED_TO`, overflow = rescan);
-   watchdog stays the fallback where inotify is unavailable. Drop → artifact p50 of a
-   mock job: **500 ms → 7 ms**; p99 540 ms → 14 ms.
-2. **Warm workers at start** (`pandacead/worker.py`, `pandacead/daemon.py`). The pool
-   existed but nothing called `prewarm`, and a worker imported torch only in its first
-   job. Now `[trainer] prewarm` (default `"auto"`: the default backend, when it runs in
-   workers; a list of backends; or `false`) starts every worker at daemon start and sends
-   it a `warm` request in the background (READY=1 is not delayed; a job that arrives
-   meanwhile waits for the warm-up it would have paid anyway). The worker calls the
-   trainer's optional `warm(ctx)` and imports `[trainer] preload` (default torch and
-   opacus). A worker replaced after a crash, a timeout or `worker_max_jobs` jobs is
-   started and warmed again at once, not at the next job. First opacus job after start:
-   **≈ 6 s → ≈ 1.9 s** (steady state ≈ 1.6 s; see (b) for this run's figures).
-3. **Progress rows from the second half-second of training on** (`pandacead/pipeline.py`).
-   Each progress row is a durable commit; the first epoch's row was always written, so a
-   short job made four commits (reserve, two progress rows, commit). The first row now
-   comes 0.5 s into training, still one every 0.5 s after that, and always the last one:
-   a 2-epoch mock job makes three commits. "mock train + progress" in the stage table:
-   8.3 → 4.3 ms wall on a busy disk (2.3 → 1.6 ms CPU).
+   0.5 s behind it, and files were in practice taken when their 0.5 s settle time ran
+   out. The daemon now reads inotify itself (`IN_CLOSE_WRITE | IN_MOVED_TO`; an overflow
+   only triggers a rescan), which also spares it watchdog's three threads handling the
+   dozen events of every drop and claim; watchdog stays the fallback where inotify is
+   unavailable. Mock job, drop → artifact p50: **501 ms → 12–14 ms** (p99 516–543 ms →
+   41–45 ms), and throughput of a burst 34–36 → 57–62 jobs/s (`bench_pipeline.py
+   --rounds 2 --burst 100 --serial 25`, two A/B pairs).
+2. **Warm workers** (`pandacead/worker.py`, `pandacead/daemon.py`). The pool existed, but
+   nothing called its `prewarm`, and a worker imported torch only inside its first job.
+   `[trainer] prewarm` (default `"auto"`: the default backend, when it runs in workers; or a
+   list of backends; or `false`) now starts every worker when the daemon starts and sends it
+   a `warm` request, in the background: READY=1 is not delayed, and a job that arrives
+   meanwhile waits for the warm-up it would have paid anyway. The worker calls the trainer's
+   optional `warm(ctx)` and imports `[trainer] preload` (default torch and opacus). A worker
+   replaced after a crash, a timeout or `worker_max_jobs` jobs is started and warmed again
+   at once instead of at the next job (checked with `worker_max_jobs = 1` and with
+   `PANDACEAD_FAULT=worker_crash`). A daemon whose default backend is in-process (mock)
+   starts no worker. First opacus job after start: **5–6 s → 1.9–2.2 s**, against
+   1.6–2.6 s for later jobs ((b) measures both in every run).
+3. **Fewer commits before a job's artifact** (`pandacead/pipeline.py`). Each progress row
+   is a durable commit, and the first epoch's row and the last one were always written, so
+   a 2-epoch mock job made three commits (reservation and two progress rows) before its
+   artifact and a fourth after it. The first row now comes 0.5 s into training (then one
+   every 0.5 s, as before), and the last epoch's row is written after the spend is
+   committed: one commit before the artifact, three in all. In-process, on a busy disk,
+   the training stage went from 8.3 ms to 4.3 ms of wall time (2.3 → 1.6 ms of CPU) with
+   the first part of the change.
 """
 
-OPEN = """## Left open (outside the benchmark owner's files), with the measured effect
+OPEN = """## Left open (outside the benchmark's files), with the measured effect
 
-* **`budget show` start-up (d), ledger.py:** import `sqlite_utils` only when a migration
-  is pending (check `_sqlite_migrations` with plain `sqlite3`), and use the connection
-  directly for the few queries that go through `db.query`. The import of
-  `pandacead.ledger` is what makes `budget show` many times `python -c pass`
-  (table in (d)); blocking pandas alone (`sys.modules["pandas"] = None` before the
-  import) halved `budget show` here, and dropping numpy as well took another third.
-  What remains then is click (≈ 4× by itself) and `pandacead.accounting`.
-* **The third commit of a job (a), ledger.py:** let `Ledger.commit()` take the final
-  progress and write it in the commit's transaction (one commit fewer per job), and/or
-  write progress rows with `PRAGMA synchronous = NORMAL` (they are advisory; the next
-  FULL commit makes them durable) so they cost no fsync.
-* **First job after start (b), plugins:** `OpacusTrainer.warm(ctx)` could run one DP-SGD
-  step on a few random rows (a 4-feature linear model, `make_private`, one batch): in a
-  fresh process that took the first real job's training from ≈ 1.0 s to the steady
-  ≈ 0.4 s. `SyftTrainer.warm(ctx)` could launch the datasite (`datasite.get(state_dir)`),
-  which now happens in the first syft job (the difference between its first and later
-  jobs in (e)).
-* **`--help` (d):** click alone is about 4× an empty interpreter here, so the target can
-  only be met with room to spare by not importing click for `--help`; the CLI imports
-  nothing heavy.
-* **DP-SGD slowdown (c)** is Opacus's per-sample gradient cost on a tiny MLP; the
-  grad-sample mode and batch size move it (table in (c)).
-* Several daemons per host, or `workers > 1`, are not part of the target but are how a
-  host gets more than one job at a time; the throughput in (a) is with `workers = 1`.
+* **`budget show` start-up (d) and the daemon's memory (f), `ledger.py`:** import
+  `sqlite_utils` only when a migration is pending (check `_sqlite_migrations` with plain
+  `sqlite3`) and run the few `db.query` reads on the connection directly. Measured here
+  (medians of 11 interleaved runs, `python -c pass` = 18.5 ms): `budget show` 812 ms
+  (44×); with pandas kept out of the process 375 ms (20×); with pandas and numpy kept out
+  258 ms (14×); a process doing what `budget show` needs without sqlite_utils (click,
+  `pandacead.config`, `pandacead.accounting`, one SELECT) 124 ms (6.7×), of which
+  `import click` alone is 72 ms (3.9×). Importing the daemon's modules takes 118 MB of
+  RSS with pandas and 50 MB without.
+* **The third commit of a job (a), `ledger.py`:** let `Ledger.commit()` take the final
+  progress and write it in the commit's own transaction (one durable commit fewer per job:
+  the "last progress row" line of the stage table), and/or write progress rows under
+  `PRAGMA synchronous = NORMAL`: they are advisory, and the next FULL commit makes them
+  durable, so they would cost no fsync.
+* **The first job after start (b, e), `plugins/`:** an optional `warm(ctx)` on the
+  trainers, which the worker's warm-up already calls. For `OpacusTrainer`, one DP-SGD step
+  on a few random rows (a 4-feature linear model through `make_private`, one batch): in a
+  fresh process that had imported torch and opacus, it took the first real job's training
+  from ≈ 1.0 s to the steady ≈ 0.4 s. For `SyftTrainer`, launching the datasite
+  (`datasite.get(ctx.state_dir)`), which today happens inside the first syft job (the
+  difference between its first and later jobs in (e)). The trainer contract
+  (`docs/plugins.md`) and `pandacead.toml`'s comments should then mention `warm`,
+  `[trainer] prewarm`, `preload` and `warm_timeout`.
+* **`--help` (d):** `import click` alone is ≈ 4× an empty interpreter on this machine and
+  the CLI adds its own module and json/pathlib, so the 4× target cannot hold while `--help`
+  goes through click; nothing heavy is imported.
+* **The DP-SGD slowdown (c)** is Opacus's per-sample gradient cost on a tiny MLP: the
+  grad-sample mode and the batch size move it (table in (c)); the model is small enough
+  that the per-sample bookkeeping dominates each step.
+* Throughput in (a) is with `workers = 1`, the default; a host that wants more jobs at a
+  time raises `[daemon] workers` or runs more daemons on one home.
 """
 
 HOWTO = """## Running it
@@ -383,6 +405,7 @@ make bench                                   # = .venv/bin/python bench/run.py
 Each step is also a script of its own, printing JSON: `bench/bench_pipeline.py` (a),
 `bench/bench_backends.py` (b, e, f), `bench/bench_dpsgd.py` (c), `bench/bench_startup.py` (d);
 `bench/floor.py` is the floor, `bench/common.py` the daemon, inotify and `/proc` helpers.
-Scratch homes go to a temporary directory (`PANDACEAD_BENCH_DIR` to choose where: fsync
-costs belong to the filesystem) and are removed afterwards.
+Scratch homes go to `/var/tmp` (or the temp dir, or the repository: the first that is not
+tmpfs, since fsync costs belong to the filesystem; `PANDACEAD_BENCH_DIR` overrides) and are
+removed afterwards.
 """

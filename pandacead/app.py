@@ -140,15 +140,21 @@ class App:
 
 def ensure_home(settings: Settings) -> list[str]:
     """Create the home's directories, config, ledger and key; returns what was created."""
+    import os
+
     from pandacead.config import CONFIG_NAME, DEFAULT_TOML
     from pandacead.ledger import Ledger
     from pandacead.signing import generate_key
 
     created = []
     cfg = settings.home / CONFIG_NAME
-    settings.home.mkdir(parents=True, exist_ok=True)
+    # Explicit modes: with a careless umask (0) the config would be world-writable, and
+    # whoever can edit it chooses the plugins (code) the daemon loads.
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o755)
     if not cfg.exists():
-        cfg.write_text(DEFAULT_TOML, "utf-8")
+        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(DEFAULT_TOML)
         created.append(str(cfg))
     for d, mode in ((settings.inbox, 0o775), (settings.outbox, 0o755), (settings.state, 0o700),
                     (settings.spool, 0o700), (settings.key_path.parent, 0o700)):

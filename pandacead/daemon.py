@@ -174,7 +174,8 @@ class Daemon:
             warm=self._warm_request(app), warm_timeout=float(s.trainer.get("warm_timeout", 300)),
         )
         self.pool = pool
-        pool.prewarm()  # in the background: the first job must not pay torch's imports
+        if pool.warm_request is not None:
+            pool.prewarm()  # in the background: the first job must not pay torch's imports
         assert app.ctx is not None
         pipeline = Pipeline(s, app.plugins, app.ctx, spool.owner, pool=pool, public_keys=app.public_keys,
                         noise_key=app.noise_key)
@@ -279,7 +280,8 @@ class Daemon:
             log.warning("watchdog is unavailable (%s); relying on periodic scans", exc)
             return None
         observer = Observer()
-        observer.schedule(handler, str(self.settings.inbox), recursive=False)
+        watchdog_handler: Any = handler  # duck-typed: watchdog only calls dispatch()
+        observer.schedule(watchdog_handler, str(self.settings.inbox), recursive=False)
         observer.daemon = True
         try:
             observer.start()

@@ -151,7 +151,7 @@ def test_grad_sample_mode_setting(synthetic: DatasetInfo, no_data: list[str]) ->
     assert TRAINER.plan(job, auto).details["grad_sample_mode"] == "hooks"  # expected batch 32
     big = replace(job, batch_size=200)
     assert TRAINER.plan(big, auto).details["grad_sample_mode"] == "ghost"
-    assert TRAINER.plan(big, ctx_for(synthetic)).details["grad_sample_mode"] == "hooks"
+    assert TRAINER.plan(big, ctx_for(synthetic, grad_sample_mode="hooks")).details["grad_sample_mode"] == "hooks"
     with pytest.raises(JobRejected, match="'ew' is not supported"):
         TRAINER.plan(job, ctx_for(synthetic, grad_sample_mode="ew"))
     assert not no_data

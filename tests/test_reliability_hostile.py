@@ -75,14 +75,14 @@ def _parse(data: bytes) -> Any:
     return job
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(JOB_BYTES)
 def test_parse_job_never_raises_anything_but_job_rejected(data):
     _count("parse_job inputs")
     _parse(data)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(near_valid_jobs())
 def test_parse_job_accepts_only_in_range_jobs(raw):
     _count("parse_job inputs")
@@ -376,6 +376,7 @@ def test_a_file_still_being_written_is_not_taken(live):
     _count("files changing while written", 1)
 
 
+@pytest.mark.slow
 def test_thousands_of_files_at_once(live):
     home = live.home
     corpus = [c for c in load_corpus() if len(c[1]) < 4096]
@@ -408,7 +409,7 @@ def test_thousands_of_files_at_once(live):
     FIGURES["burst seconds"] = round(took)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.tuples(FILE_NAMES, JOB_BYTES), min_size=3, max_size=12))
 def test_intake_property_every_dropped_file_gets_exactly_one_outcome(live, batch):
     home, inbox = live.home, os.fsencode(live.home / "inbox")

@@ -76,7 +76,7 @@ def test_three_daemons_and_admin_cli_on_a_fixed_budget_admit_exactly_floor(tmp_p
     n = 45
     for i in range(n):
         drop(home, f"e{i}.json", job(f"e{i}", "eve", epsilon=0.5, seed=i))
-        time.sleep(0.15)
+        time.sleep(0.1)
     # Ten job_ids submitted twice at the same moment under different file names.
     for i in range(10):
         drop(home, f"dup{i}-a.json", job(f"dup{i}", "zoe", epsilon=0.5))
@@ -146,12 +146,12 @@ def test_budget_set_and_reset_while_jobs_reserve_lose_no_update(tmp_path, daemon
     hammers = [threading.Thread(target=hammer, daemon=True) for _ in range(2)]
     for t in hammers:
         t.start()
+    wait_for(lambda: len(admin_log) >= 2, timeout=60)
     n = 60
     for i in range(n):
         drop(home, f"r{i}.json", job(f"r{i}", "ray", epsilon=0.25, seed=i))
-        if i % 10 == 0:
-            time.sleep(0.2)
-    wait_for(lambda: _total_rows(home) == n, timeout=180, interval=0.2)
+        time.sleep(0.08)
+    wait_for(lambda: _total_rows(home) == n and len(admin_log) >= 6, timeout=180, interval=0.2)
     stop.set()
     for t in admins + hammers:
         t.join(timeout=120)
@@ -172,7 +172,7 @@ def test_budget_set_and_reset_while_jobs_reserve_lose_no_update(tmp_path, daemon
 
 
 def test_daemons_started_together_adopt_a_dead_daemons_spool_exactly_once(tmp_path, daemon_factory):
-    home = make_home(tmp_path / "h", workers=2, extra="\n[trainer.options]\nmock_delay = 0.2\n")
+    home = make_home(tmp_path / "h", workers=2, extra="\n[trainer.options]\nmock_delay = 0.1\n")
     for i in range(8):
         drop(home, f"o{i}.json", job(f"o{i}", "olga", epsilon=0.5, seed=i))
     first = daemon_factory(home, **FAST)
@@ -181,7 +181,7 @@ def test_daemons_started_together_adopt_a_dead_daemons_spool_exactly_once(tmp_pa
     first.proc.wait()
     orphans = {p.name for p in spool_files(home)}
     assert orphans
-    rounds = 3
+    rounds = 2
     for _ in range(rounds):  # several daemons starting at the same instant, repeatedly
         ds = [daemon_factory(home, **FAST) for _ in range(4)]
         wait_for(lambda ds=ds: all(" started: " in d.output() or d.proc.poll() is not None for d in ds), timeout=60)
