@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -186,7 +187,7 @@ def train(home: str | None, user_id: str | None, mock: bool) -> None:
     refusal or failure the error report goes to stderr and the exit code is 1.
     """
     from pandacead.app import App, ensure_home
-    from pandacead.pipeline import Pipeline
+    from pandacead.pipeline import Deferred, Pipeline
     from pandacead.spool import Spool
     from pandacead.worker import WorkerPool
 
@@ -208,10 +209,14 @@ def train(home: str | None, user_id: str | None, mock: bool) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         assert app.ctx is not None
-        outcome = Pipeline(s, app.plugins, app.ctx, spool.owner, pool=pool, public_keys=app.public_keys,
-                        noise_key=app.noise_key).process(
-            spooled, default_user=user_id
-        )
+        try:
+            outcome = Pipeline(s, app.plugins, app.ctx, spool.owner, pool=pool, public_keys=app.public_keys,
+                               noise_key=app.noise_key).process(spooled, default_user=user_id)
+        except Deferred as exc:
+            raise click.ClickException(
+                f"The job could not be finished now ({exc}); it stays in the spool and the next"
+                f" `pandacead run --home {s.home}` completes it."
+            ) from None
     finally:
         pool.close()
         spool.release()
@@ -457,6 +462,9 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except sqlite3.OperationalError as exc:
+        click.echo(f"pandacead: the ledger is unavailable ({exc}); another process may hold it locked, try again.", err=True)
+        sys.exit(1)
     except OSError as exc:
         click.echo(f"pandacead: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ") + ".", err=True)
         sys.exit(1)

@@ -27,7 +27,11 @@ DEFAULTS: dict[str, Any] = {
         "settle_seconds": 0.5,  # a scanned file must be unchanged this long before it is taken
         "max_job_bytes": 1_048_576,
         "max_attempts": 3,  # restarts a job may survive before it is failed
-        "drain_timeout": 60.0,
+        "drain_timeout": 60.0,  # SIGTERM: seconds running jobs may finish before they are handed back
+        "retry_seconds": 5.0,  # a job deferred by a host problem (outbox full/read-only, ledger locked)
+        "retry_max_seconds": 300.0,  # ... is retried with exponential backoff up to this
+        "once_retries": 3,  # `run --once` gives up on a deferred job after this many tries (exit 1)
+        "outbox_min_free_bytes": 1_048_576,  # below this free space nothing new is claimed
     },
     "budget": {
         "default_epsilon": 10.0,
@@ -66,6 +70,9 @@ state = "state"
 workers = 1            # jobs trained at the same time
 rescan_interval = 2.0  # seconds between full inbox scans
 settle_seconds = 0.5   # a file found by a scan must be unchanged this long
+drain_timeout = 60     # SIGTERM: running jobs may finish this long, then are handed back
+retry_seconds = 5      # host problems (outbox full or read-only, ledger locked) defer a job;
+retry_max_seconds = 300  # it is retried with backoff, keeping its reservation
 
 [budget]
 default_epsilon = 10.0  # ε budget of a user not yet in the ledger (0: only users an admin set up)
