@@ -123,7 +123,11 @@ class Backend:
         self.home = make_home(root / (name or backend), backend=backend)
         self.watch = OutboxWatch(self.home / "outbox")
         self.daemon = Daemon(self.home, **env)
-        self.ready_s = self.daemon.wait_ready(timeout=180)
+        try:
+            self.ready_s = self.daemon.wait_ready(timeout=180)
+        except BaseException:
+            self.stop()
+            raise
         self.warm_s: float | None = None
 
     def wait_warm(self, timeout: float = 300) -> float | None:

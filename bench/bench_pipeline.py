@@ -154,6 +154,22 @@ def run(rounds: int = 4, burst: int = 150, serial: int = 40, workers: int = 1, k
     return res
 
 
+def _build(j: Any, tr: Any, res: Any, plan: Any) -> tuple[dict[str, Any], bytes]:
+    from pandacead import artifacts
+
+    art = artifacts.build_artifact(j, tr.name, res, plan)
+    return art, artifacts.artifact_bytes(art)
+
+
+def _envelope(pl: Any, j: Any, tr: Any, res: Any, plan: Any, started: str, art: dict[str, Any], data: bytes) -> bytes:
+    """What `Pipeline.publish_success` does between the artifact and the first write."""
+    from pandacead import artifacts, signing
+
+    pred = artifacts.provenance(j, tr.name, res, plan, started, art["created_at"], pl.versions)
+    env = pl.sign(signing.statement(f"{j.job_id}.json", data, pred))
+    return (json.dumps(env, indent=2) + "\n").encode()
+
+
 def stages(n: int = 150, epochs: int = 2) -> dict[str, Any]:
     """Where a mock job's time goes: the pipeline's stages called one by one, in this process.
 
@@ -163,7 +179,7 @@ def stages(n: int = 150, epochs: int = 2) -> dict[str, Any]:
     """
     import logging
 
-    from pandacead import artifacts, signing
+    from pandacead import artifacts
     from pandacead.app import App
     from pandacead.config import load_settings
     from pandacead.pipeline import Pipeline
@@ -206,14 +222,13 @@ def stages(n: int = 150, epochs: int = 2) -> dict[str, Any]:
             tr = tm("select backend", pl.select, j)
             plan = tm("plan", pl.plan, j, tr)
             tm("budget hooks", pl.check_budget, j, plan)
+            if hasattr(pl, "_require_outbox"):
+                tm("outbox usable?", pl._require_outbox, j.job_id)
             row = tm("reserve (commit 1)", led.reserve, j.job_id, j.user_id, plan, tr.name, owner=f.name, file=f.name)
             res = tm("mock train", pl.train, j, tr, plan, row)
             started = artifacts.utcnow()
-            art = tm("artifact + RFC 8785 hash", artifacts.build_artifact, j, tr.name, res, plan)
-            data2 = artifacts.artifact_bytes(art)
-            pred = artifacts.provenance(j, tr.name, res, plan, started, art["created_at"], pl.versions)
-            env = tm("DSSE envelope + sign", pl.sign, signing.statement(f"{j.job_id}.json", data2, pred))
-            env_bytes = (json.dumps(env, indent=2) + "\n").encode()
+            art, data2 = tm("artifact + RFC 8785 hash", _build, j, tr, res, plan)
+            env_bytes = tm("provenance, DSSE envelope, sign", _envelope, pl, j, tr, res, plan, started, art, data2)
             tm("publish envelope", artifacts.publish, s.outbox / f"{j.job_id}.dsse.json", env_bytes, sync_dir=False)
             tm("publish artifact", artifacts.publish, s.outbox / f"{j.job_id}.json", data2, sync_dir=False)
             tm("fsync outbox/", artifacts.fsync_dir, s.outbox)

@@ -168,7 +168,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
         ax.barh(ys, [v for _, v, _ in bars], color="#8fbc8f")
         for yi, (_, v, pts) in zip(ys, bars):
             ax.scatter(pts, [yi] * len(pts), color="black", s=8, zorder=3)
-            ax.text(v * 1.01, yi, f"{v:.2f} s", va="center", fontsize=7)
+            ax.text(max([v, *pts]) * 1.03, yi, f"{v:.2f} s", va="center", fontsize=7)
         ax.set_yticks(ys)
         ax.set_yticklabels([n.replace("\n", " ") for n, _, _ in bars], fontsize=7)
     ax.set_xlabel("seconds per job (median; dots: each job)")

@@ -118,6 +118,14 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX jobs_file ON jobs(file)")
 
 
+@migrations()
+def m002_report_names(db: sqlite_utils.Database) -> None:
+    """Each error report gets its own file name, so no report ever overwrites another."""
+    db.execute("ALTER TABLE jobs ADD COLUMN report TEXT")
+    db.execute("UPDATE jobs SET report = job_id WHERE status IN ('rejected', 'failed')")
+    db.execute("CREATE INDEX jobs_report ON jobs(report)")
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -557,24 +565,38 @@ class Ledger:
     def settle_failure(
         self, job_id: str, user_id: str | None, status: str, error: str, details: list[str],
         *, owner: str, file: str, backend: str | None = None, row_id: int | None = None,
-    ) -> int:
-        """One transaction: release this file's reservation (if any) and record the job's end."""
+    ) -> tuple[int, str]:
+        """One transaction: release this file's reservation (if any) and record the job's end.
+
+        Returns the job row's id and the name its error report takes in outbox/
+        (without `.error.json`): `<job_id>`, or `<job_id>~N` when an earlier file
+        already reported under that job_id (a replay, or several bad files with
+        one job_id) — a report never overwrites another file's outcome.
+        """
         with self.transaction() as conn:
             self._release(job_id, error, owner)
             ts = now()
             det = json.dumps(details)
+            report = None
+            if row_id is not None:
+                got = conn.execute("SELECT report FROM jobs WHERE id = ?", (row_id,)).fetchone()
+                report = got[0] if got else None
+            if report is None:
+                report, n = job_id, 1
+                while conn.execute("SELECT 1 FROM jobs WHERE report = ? LIMIT 1", (report,)).fetchone():
+                    report, n = f"{job_id}~{n}", n + 1
             if row_id is None:
                 cur = conn.execute(
-                    "INSERT INTO jobs (job_id, user_id, file, status, backend, error, details, owner,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, user_id, file, status, backend, error, det, owner, ts, ts),
+                    "INSERT INTO jobs (job_id, user_id, file, status, backend, error, details, owner, report,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, user_id, file, status, backend, error, det, owner, report, ts, ts),
                 )
-                return int(cur.lastrowid or 0)
+                return int(cur.lastrowid or 0), report
             conn.execute(
-                "UPDATE jobs SET status = ?, error = ?, details = ?, updated_at = ? WHERE id = ?",
-                (status, error, det, ts, row_id),
+                "UPDATE jobs SET status = ?, error = ?, details = ?, report = ?, updated_at = ? WHERE id = ?",
+                (status, error, det, report, ts, row_id),
             )
-            return row_id
+            return row_id, report
 
     def job_by_file(self, file: str) -> dict[str, Any] | None:
         rows = list(self.db.query("SELECT * FROM jobs WHERE file = ? ORDER BY id DESC LIMIT 1", [file]))

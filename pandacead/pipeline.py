@@ -338,11 +338,14 @@ class Pipeline:
         faults.point("artifact_published")
         return outbox / name
 
-    def publish_error(self, outcome_name: str, status: str, error: str, details: list[str]) -> Path:
-        """Write the error report. The job's end is already in the ledger: if the outbox
+    def publish_error(
+        self, job_id: str, status: str, error: str, details: list[str], report_name: str | None = None
+    ) -> Path:
+        """Write the error report outbox/<report_name>.error.json (report_name: see
+        Ledger.settle_failure). The job's end is already in the ledger: if the outbox
         refuses the report, the file stays spooled and the report is written on a retry."""
-        path = self.settings.outbox / f"{outcome_name}{ERROR_SUFFIX}"
-        report = error_report(outcome_name, status, error, details)
+        path = self.settings.outbox / f"{report_name or job_id}{ERROR_SUFFIX}"
+        report = error_report(job_id, status, error, details)
         try:
             faults.fail("publish_error")
             publish(path, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
@@ -379,7 +382,8 @@ class Pipeline:
         prior = led.job_by_file(fname)
         if prior is not None and prior["status"] in ("rejected", "failed"):
             # Recorded but maybe not published before a crash: publish (again) and clean up.
-            self.publish_error(prior["job_id"], prior["status"], prior["error"] or "", prior.get("details") or [])
+            self.publish_error(prior["job_id"], prior["status"], prior["error"] or "", prior.get("details") or [],
+                               prior.get("report") or prior["job_id"])
             self.cleanup(spooled, set_aside=_is_special(spooled))
             return Outcome(prior["job_id"], prior["status"], prior["user_id"], prior["backend"],
                            error=prior["error"], details=prior.get("details"))
@@ -537,7 +541,7 @@ class Pipeline:
                 # Never report a charged job as failed: its file is settled on a retry.
                 raise Deferred(f"Job {job_id} succeeded but could not be cleaned up: {exc.message}")
         try:
-            led.settle_failure(
+            _, report = led.settle_failure(
                 job_id, user_id, exc.status, exc.message, exc.details, owner=spooled.name, file=spooled.name,
                 backend=backend, row_id=row_id,
             )
@@ -548,7 +552,7 @@ class Pipeline:
                 errno.EBUSY,
             ) from None
         faults.point("error_recorded")
-        self.publish_error(job_id, exc.status, exc.message, exc.details)
+        self.publish_error(job_id, exc.status, exc.message, exc.details, report)
         faults.point("error_published")
         log.warning("job %s %s: %s", job_id, exc.status, exc.message, extra=extra)
         self.cleanup(spooled, set_aside=_is_special(spooled))

@@ -202,3 +202,14 @@ def test_signing_key_readable_by_others_is_refused(home):
     assert "readable by others" in r.stderr.decode()
     os.chmod(key, 0o600)
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+def test_reports_never_overwrite_each_other(home):
+    for i in range(3):
+        drop(home, f"dup{i}.json", {"job_id": "dup", "user_id": "alice", "epochs": "many"})
+    run_once(home)
+    names = sorted(p.name for p in (home / "outbox").glob("dup*.error.json"))
+    assert names == ["dup.error.json", "dup~1.error.json", "dup~2.error.json"]
+    for n in names:
+        rep = read(home, n)
+        assert rep["job_id"] == "dup" and "epochs" in rep["error"]
