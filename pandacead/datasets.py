@@ -429,7 +429,7 @@ def describe(name: str, spec: dict[str, Any], base_dir: Path | str) -> DatasetIn
         raise _err(name, "its spec must be a table of settings.")
     kind = spec.get("kind")
     if kind == "synthetic":
-        source = _synthetic_source(name, spec)
+        source: dict[str, Any] = _synthetic_source(name, spec)
         fraction = _holdout(name, spec)
         _check_split(name, source["rows"], fraction)
         return DatasetInfo(
@@ -461,7 +461,7 @@ def describe(name: str, spec: dict[str, Any], base_dir: Path | str) -> DatasetIn
     X, y, classes, columns = _parse_file(name, kind, data, spec, task)
     n_rows, n_features = X.shape
     _check_split(name, n_rows, fraction)
-    source: dict[str, Any] = {"kind": kind, "path": spec["path"], "bytes": len(data)}
+    source = {"kind": kind, "path": spec["path"], "bytes": len(data)}
     if kind == "npz":
         source["features"] = spec.get("features", "X")
         source["label"] = spec.get("label", "y")

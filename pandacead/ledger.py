@@ -547,6 +547,7 @@ class Ledger:
                 (float(epsilon), float(before["delta_budget"] if delta is None else delta), now(), user_id),
             )
             after = self._user_row(user_id)
+            assert after is not None
             self._audit("budget_set", user_id, None, _budget_fields(before), _budget_fields(after))
         return _budget(after)
 
@@ -559,6 +560,7 @@ class Ledger:
                 (now(), user_id),
             )
             after = self._user_row(user_id)
+            assert after is not None
             self._audit("budget_reset", user_id, None, _budget_fields(before), _budget_fields(after))
         return _budget(after)
 

@@ -134,7 +134,9 @@ class Plugins:
     def load_entry_points(self) -> None:
         for ep in sorted(entry_points(group="pandacead"), key=lambda e: e.name):
             dist = getattr(ep, "dist", None)
-            kw = {"dist": dist.metadata["Name"] if dist else None, "version": dist.version if dist else None}
+            kw: dict[str, Any] = {
+                "dist": dist.metadata["Name"] if dist else None, "version": dist.version if dist else None,
+            }
             if ep.name in self.infos:
                 log.error("plugin name %s is taken; entry point %s ignored", ep.name, ep.value)
                 continue

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import cli, drop, env_for, job, run_once
 
 

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import cli, drop, job, ledger, make_home, outcomes, run_once, wait_for
 from jsonschema import Draft202012Validator
 
-from conftest import cli, drop, job, ledger, make_home, outcomes, run_once, wait_for
 from pandacead.schemas import load_schema
 
 ARTIFACT_SCHEMA = Draft202012Validator(load_schema("artifact"))

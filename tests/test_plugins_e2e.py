@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import pytest
-
 from conftest import cli, drop, job, ledger, make_home, outcomes, run_once
 
 pytest.importorskip("pandacead_nss")

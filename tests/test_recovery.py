@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import cli, drop, job, ledger, outcomes, run_once
+
 from pandacead.faults import POINTS
 
 

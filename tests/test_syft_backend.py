@@ -238,9 +238,9 @@ def test_a_failing_user_function_reports_its_real_cause(trainer, ctx, monkeypatc
 
 
 def test_keeps_the_trainer_contract_and_trains_exactly_as_the_opacus_backend(trainer, ctx):
-    from pandacead_opacus.trainer import OpacusTrainer
-
     import dataclasses
+
+    from pandacead_opacus.trainer import OpacusTrainer
 
     # Without a noise seed both backends draw fresh OS randomness; fix one to compare.
     ctx = dataclasses.replace(ctx, options={**ctx.options, "noise_seed": 1234567})
