@@ -46,6 +46,7 @@ from common import (  # noqa: E402
     bench_root,
     children,
     clean_env,
+    cpu_seconds,
     drop,
     job,
     make_home,
@@ -79,13 +80,13 @@ def serve_inproc(home: str) -> None:
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         j = parse_job(line.encode())
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         plan = trainer.plan(j, ctx)
         t1 = time.perf_counter()
         result = trainer.train(j, plan, ctx, lambda p: None)
         t2 = time.perf_counter()
         print(json.dumps({"plan_s": t1 - t0, "train_s": t2 - t1, "total_s": t2 - t0,
-                          "epsilon": result.epsilon}), flush=True)
+                          "cpu_s": time.process_time() - c0, "epsilon": result.epsilon}), flush=True)
 
 
 class InProc:
@@ -129,6 +130,7 @@ class Backend:
             self.stop()
             raise
         self.warm_s: float | None = None
+        self.cpu: list[float] = []
 
     def wait_warm(self, timeout: float = 300) -> float | None:
         """Seconds the worker's warm-up took (from the daemon's log), once it is done."""
@@ -144,17 +146,21 @@ class Backend:
         return None
 
     def run(self, j: dict[str, Any], timeout: float = 600) -> float:
+        """Seconds from drop to artifact; the CPU seconds of daemon + workers go to self.cpu."""
         name = f"{j['job_id']}.json"
+        pids = [self.daemon.proc.pid, *self.daemon.children()]
+        c0 = cpu_seconds(pids)
         t0 = drop(self.home / "inbox", name, j)
+        err = f"{j['job_id']}.error.json"
         try:
-            done = self.watch.wait([name], timeout=timeout)
+            got, t1 = self.watch.wait_any([name, err], timeout=timeout)
         except TimeoutError:
-            err = self.home / "outbox" / f"{j['job_id']}.error.json"
-            why = err.read_text() if err.exists() else self.daemon.tail()
-            raise RuntimeError(f"{self.backend} job {j['job_id']} produced no artifact:\n{why}") from None
-        if name not in done and (self.home / "outbox" / f"{j['job_id']}.error.json").exists():
-            raise RuntimeError((self.home / "outbox" / f"{j['job_id']}.error.json").read_text())
-        return done[name] - t0
+            raise RuntimeError(f"{self.backend} job {j['job_id']} had no outcome:\n{self.daemon.tail()}") from None
+        if got == err:
+            raise RuntimeError(f"{self.backend} job {j['job_id']} failed: {(self.home / 'outbox' / err).read_text()}")
+        time.sleep(0.05)  # the commit and clean-up after the artifact, before counting CPU
+        self.cpu.append(cpu_seconds(pids) - c0)
+        return t1 - t0
 
     def rss(self) -> dict[str, Any]:
         out: dict[str, Any] = {"daemon_kb": proc_status(self.daemon.proc.pid).get("VmHWM")}
@@ -214,6 +220,8 @@ def run(jobs: int = 5, syft: bool = True, epochs: int = 10, batch: int = 32, kee
                 backends.pop("syft").stop()
         inproc_first = inproc.run(_job("inproc-first", epochs, batch))
         times: dict[str, list[float]] = {name: [] for name in backends}
+        for b in backends.values():
+            b.cpu = []
         inproc_times: list[dict[str, Any]] = []
         for i in range(jobs):
             for name, b in backends.items():
@@ -240,9 +248,12 @@ def run(jobs: int = 5, syft: bool = True, epochs: int = 10, batch: int = 32, kee
         "rss": rss,
         "daemon_exit": rcs,
         "syft_error": syft_error,
+        "cpu_s": {name: median(b.cpu) for name, b in backends.items() if b.cpu},
+        "inproc_cpu_s": median([t["cpu_s"] for t in inproc_times]),
         "ratios": {
             "daemon_vs_inproc": median(times["opacus"]) / median(in_total),
             "daemon_vs_inproc_paired": median([d / p for d, p in zip(times["opacus"], in_total)]),
+            "daemon_vs_inproc_cpu": median(opacus.cpu) / median([t["cpu_s"] for t in inproc_times]),
         },
     })
     if "syft" in times:

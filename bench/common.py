@@ -188,6 +188,19 @@ class OutboxWatch:
                 self.cond.wait(timeout=left)
             return {n: self.seen[n] for n in want}
 
+    def wait_any(self, names: list[str], timeout: float) -> tuple[str, float]:
+        """The first of `names` to appear, and when."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for n in names:
+                    if n in self.seen:
+                        return n, self.seen[n]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"timed out waiting for any of {names}")
+                self.cond.wait(timeout=left)
+
     def close(self) -> None:
         os.write(self._stop[1], b"x")
         self.thread.join(timeout=5)
@@ -293,6 +306,17 @@ def proc_status(pid: int) -> dict[str, int]:
             if key in ("VmHWM", "VmRSS", "VmPeak"):
                 out[key] = int(rest.split()[0])
     return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes (from /proc/<pid>/stat), in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / tick
 
 
 # --------------------------------------------------------------------------- statistics

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 import signal
-import struct
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -53,74 +52,25 @@ class _Events:
         return out
 
 
-class _InotifyWatch:
-    """The inbox watch on Linux: inotify(7) read directly, IN_CLOSE_WRITE and IN_MOVED_TO only.
+def _shorten_move_pairing() -> None:
+    """Make watchdog's inotify backend hand over unpaired renames after 20 ms, not 0.5 s.
 
-    Why not watchdog here: watchdog holds every IN_MOVED_FROM for 0.5 s to
-    pair it with an IN_MOVED_TO, in a FIFO queue. Each claim is a rename out
-    of inbox/, an IN_MOVED_FROM that never pairs, so the event of the next
-    file dropped reached the daemon 0.5 s late: a 25 ms mock job took 500 ms
-    from drop to artifact (docs/benchmarks.md). watchdog stays the fallback
-    where inotify cannot be used.
+    watchdog holds each IN_MOVED_FROM up to `delay` seconds to pair it with an
+    IN_MOVED_TO, in a FIFO queue. Every claim is a rename out of inbox/ that
+    never pairs, so with the default the next dropped file's event reached the
+    daemon 0.5 s late (a 25 ms mock job took 500 ms from drop to artifact,
+    docs/benchmarks.md). Renames within one directory arrive in one inotify
+    read, so 20 ms still pairs them; an event that misses its pair only makes
+    the file wait for the settle time. Nothing else depends on the pairing:
+    events only wake the loop, the scan decides.
     """
-
-    IN_CLOSE_WRITE = 0x00000008
-    IN_MOVED_TO = 0x00000080
-    IN_Q_OVERFLOW = 0x00004000
-    IN_ONLYDIR = 0x01000000
-    _HEADER = struct.Struct("iIII")
-
-    def __init__(self, directory: Path, events: _Events):
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fd = libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        mask = self.IN_CLOSE_WRITE | self.IN_MOVED_TO | self.IN_ONLYDIR
-        if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
-            err = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(err, os.strerror(err))
-        self.fd = fd
-        self.events = events
-        self._stop_r, self._stop_w = os.pipe()
-        self.thread = threading.Thread(target=self._run, name="inbox-watch", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def _run(self) -> None:
-        import select
-
-        while True:
-            ready, _, _ = select.select([self.fd, self._stop_r], [], [])
-            if self._stop_r in ready:
-                return
-            try:
-                buf = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                continue
-            off = 0
-            while off + self._HEADER.size <= len(buf):
-                _wd, mask, _cookie, length = self._HEADER.unpack_from(buf, off)
-                raw = buf[off + self._HEADER.size: off + self._HEADER.size + length]
-                off += self._HEADER.size + length
-                if mask & self.IN_Q_OVERFLOW:
-                    self.events.wake.set()  # events were lost: the scan finds the files
-                    continue
-                name = os.fsdecode(raw.split(b"\0", 1)[0])
-                self.events.note(name, bool(mask & (self.IN_CLOSE_WRITE | self.IN_MOVED_TO)))
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._stop_w, b"x")
-        if self.thread.is_alive():
-            self.thread.join(timeout=5)
-        for fd in (self.fd, self._stop_r, self._stop_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    try:
+        from watchdog.observers import inotify_move_event_grouper as grouper
+    except ImportError:  # other platforms / watchdog versions: the default stands
+        return
+    cls = getattr(grouper, "InotifyMoveEventGrouper", None)
+    if cls is not None and getattr(cls, "delay", 0) > 0.02:
+        cls.delay = 0.02
 
 
 class Daemon:
@@ -269,16 +219,11 @@ class Daemon:
         handler = _Events(self.wake)
         self.events = handler
         try:
-            watch = _InotifyWatch(self.settings.inbox, handler)
-            watch.start()
-            return watch
-        except (OSError, AttributeError) as exc:  # not Linux, or out of inotify instances
-            log.info("inotify is unavailable for %s (%s); using watchdog", self.settings.inbox, exc)
-        try:
             from watchdog.observers import Observer
         except Exception as exc:  # pragma: no cover
             log.warning("watchdog is unavailable (%s); relying on periodic scans", exc)
             return None
+        _shorten_move_pairing()
         observer = Observer()
         watchdog_handler: Any = handler  # duck-typed: watchdog only calls dispatch()
         observer.schedule(watchdog_handler, str(self.settings.inbox), recursive=False)
