@@ -4,7 +4,7 @@ SQLite in WAL mode. Every budget decision runs in one `BEGIN IMMEDIATE`
 transaction, so concurrent daemons, workers and admin commands serialise on
 SQLite's write lock and can never overspend. Writes use plain SQL on the
 connection (sqlite-utils' helpers commit on their own, which would end our
-transaction early); sqlite-utils provides the schema migrations and reads.
+transaction early); sqlite-utils' `Migrations` applies the schema migrations.
 """
 
 from __future__ import annotations
@@ -19,10 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
-from sqlite_utils import Migrations
+from typing import TYPE_CHECKING, Any
 
 from pandacead.accounting import Spend, admit, job_curve, summarize
 from pandacead.errors import JobRejected
@@ -31,10 +28,23 @@ from pandacead.errors import JobRejected
 # 1.0000000000000002e-4, which must still fit a budget of 1e-4.
 SLACK = 1e-9
 
-migrations = Migrations("pandacead.ledger")
+if TYPE_CHECKING:
+    import sqlite_utils
+
+MIGRATION_SET = "pandacead.ledger"
+# Applied in order by sqlite-utils' Migrations, each in its own transaction with
+# its record. Kept as plain functions so that a ledger that is up to date opens
+# without importing sqlite-utils (which pulls in numpy and pandas when present):
+# `pandacead budget show` starts in a fraction of the time.
+MIGRATIONS: list[Any] = []
 
 
-@migrations()
+def migration(fn: Any) -> Any:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
 def m001_initial(db: sqlite_utils.Database) -> None:
     db.execute(
         """CREATE TABLE users (
@@ -118,7 +128,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX jobs_file ON jobs(file)")
 
 
-@migrations()
+@migration
 def m002_report_names(db: sqlite_utils.Database) -> None:
     """Each error report gets its own file name, so no report ever overwrites another."""
     db.execute("ALTER TABLE jobs ADD COLUMN report TEXT")
@@ -192,7 +202,6 @@ class Ledger:
         conn = sqlite3.connect(str(self.path), timeout=busy_timeout, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
         self._migrate()
         conn.execute("PRAGMA synchronous = FULL")
 
@@ -218,9 +227,32 @@ class Ledger:
                 mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if mode.lower() != "wal":  # pragma: no cover - e.g. some network filesystems
                     raise RuntimeError(f"the ledger {self.path} cannot use WAL mode ({mode})")
-                migrations.apply(self.db)
+                if self._pending_migrations():
+                    from sqlite_utils import Database, Migrations
+
+                    ms = Migrations(MIGRATION_SET)
+                    for fn in MIGRATIONS:
+                        ms(name=fn.__name__)(fn)
+                    ms.apply(Database(self.conn))
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _pending_migrations(self) -> bool:
+        try:
+            applied = {
+                r[0] for r in self.conn.execute(
+                    "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", (MIGRATION_SET,)
+                )
+            }
+        except sqlite3.OperationalError:  # no migrations table yet
+            return True
+        return any(fn.__name__ not in applied for fn in MIGRATIONS)
+
+    def query(self, sql: str, args: Any = ()) -> list[dict[str, Any]]:
+        """Rows as dicts."""
+        cur = self.conn.execute(sql, tuple(args))
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
 
     def close(self) -> None:
         self.conn.close()
@@ -301,10 +333,10 @@ class Ledger:
         return _budget(row)
 
     def budgets(self) -> list[Budget]:
-        return [_budget(r) for r in self.db.query("SELECT * FROM users ORDER BY user_id")]
+        return [_budget(r) for r in self.query("SELECT * FROM users ORDER BY user_id")]
 
     def spend(self, job_id: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM spends WHERE job_id = ?", [job_id]))
+        rows = list(self.query("SELECT * FROM spends WHERE job_id = ?", [job_id]))
         return rows[0] if rows else None
 
     def spends(self, user_id: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
@@ -315,12 +347,12 @@ class Ledger:
         if state is not None:
             sql += " AND state = ?"
             args.append(state)
-        return list(self.db.query(sql + " ORDER BY reserved_at, job_id", args))
+        return list(self.query(sql + " ORDER BY reserved_at, job_id", args))
 
     def audit(self, user_id: str | None = None) -> list[dict[str, Any]]:
         if user_id is None:
-            return list(self.db.query("SELECT * FROM audit ORDER BY id"))
-        return list(self.db.query("SELECT * FROM audit WHERE user_id = ? ORDER BY id", [user_id]))
+            return list(self.query("SELECT * FROM audit ORDER BY id"))
+        return list(self.query("SELECT * FROM audit WHERE user_id = ? ORDER BY id", [user_id]))
 
     # -- budget decisions ------------------------------------------------------
 
@@ -601,7 +633,7 @@ class Ledger:
             return row_id, report
 
     def job_by_file(self, file: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM jobs WHERE file = ? ORDER BY id DESC LIMIT 1", [file]))
+        rows = list(self.query("SELECT * FROM jobs WHERE file = ? ORDER BY id DESC LIMIT 1", [file]))
         return _job_row(rows[0]) if rows else None
 
     def bump_attempts(self, row_id: int) -> int:
@@ -651,10 +683,10 @@ class Ledger:
         sql = "SELECT * FROM jobs ORDER BY id DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [_job_row(r) for r in self.db.query(sql)]
+        return [_job_row(r) for r in self.query(sql)]
 
     def job(self, job_id: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM jobs WHERE job_id = ? ORDER BY id DESC LIMIT 1", [job_id]))
+        rows = list(self.query("SELECT * FROM jobs WHERE job_id = ? ORDER BY id DESC LIMIT 1", [job_id]))
         return _job_row(rows[0]) if rows else None
 
 
