@@ -353,9 +353,9 @@ the figures above are from the latest run and include all of the changes:
    0.5 s to pair it with an `IN_MOVED_TO`, in a FIFO queue. Every claim is a rename *out
    of* inbox/, an `IN_MOVED_FROM` that never pairs, so the event of whatever was dropped
    next waited 0.5 s behind it, and files were in practice taken when their 0.5 s settle
-   time ran out. The daemon keeps watchdog and sets that pairing window to 20 ms (renames
+   time ran out. The daemon keeps watchdog and sets that pairing window to 2 ms (renames
    within one directory arrive in one inotify read; an event that misses its pair only
-   waits for the settle time). Mock job, drop → artifact p50: **501 ms → 12–23 ms**
+   waits for the settle time). Mock job, drop → artifact p50: **501 ms → about 6 ms**
    (a prototype reading inotify directly measured 12–14 ms, p99 41–45 ms), and
    throughput of a burst 34–36 → 57–62 jobs/s (`bench_pipeline.py --rounds 2 --burst
    100 --serial 25`, two A/B pairs).

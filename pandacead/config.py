@@ -49,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
         "secure_mode": False,
         "max_steps": 200_000,
         "worker_max_jobs": 50,  # a warm worker is replaced after this many jobs
+        "prewarm": "auto",  # start and warm workers at daemon start: "auto" (the default backend), a list, or false
+        "preload": ["torch", "opacus"],  # modules a worker imports while warming
+        "warm_timeout": 300.0,
     },
     "datasets": {},
     "plugins": {"allow": [], "deny": [], "dirs": []},
@@ -84,7 +87,8 @@ default_backend = "auto"   # "auto": opacus when installed, else mock
 timeout_seconds = 900
 memory_limit_mb = 4096
 torch_threads = 1
-accountant = "prv"
+accountant = "prv"      # "prv" (tighter) or "rdp"
+prewarm = "auto"        # start workers at daemon start and import torch/opacus there
 
 [signing]
 key = "state/keys/ed25519.pem"

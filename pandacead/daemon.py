@@ -53,14 +53,14 @@ class _Events:
 
 
 def _shorten_move_pairing() -> None:
-    """Make watchdog's inotify backend hand over unpaired renames after 20 ms, not 0.5 s.
+    """Make watchdog's inotify backend hand over unpaired renames after 2 ms, not 0.5 s.
 
     watchdog holds each IN_MOVED_FROM up to `delay` seconds to pair it with an
     IN_MOVED_TO, in a FIFO queue. Every claim is a rename out of inbox/ that
     never pairs, so with the default the next dropped file's event reached the
     daemon 0.5 s late (a 25 ms mock job took 500 ms from drop to artifact,
     docs/benchmarks.md). Renames within one directory arrive in one inotify
-    read, so 20 ms still pairs them; an event that misses its pair only makes
+    read and are grouped microseconds apart, so 2 ms still pairs them; an event that misses its pair only makes
     the file wait for the settle time. Nothing else depends on the pairing:
     events only wake the loop, the scan decides.
     """
@@ -69,8 +69,8 @@ def _shorten_move_pairing() -> None:
     except ImportError:  # other platforms / watchdog versions: the default stands
         return
     cls = getattr(grouper, "InotifyMoveEventGrouper", None)
-    if cls is not None and getattr(cls, "delay", 0) > 0.02:
-        cls.delay = 0.02
+    if cls is not None and getattr(cls, "delay", 0) > 0.002:
+        cls.delay = 0.002
 
 
 class Daemon:
