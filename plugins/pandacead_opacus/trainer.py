@@ -15,7 +15,7 @@ from typing import Any
 
 from pandacead.errors import JobFailed, JobRejected
 from pandacead.jobs import Job
-from pandacead.trainers import PrivacyPlan, Progress, TrainerContext, TrainResult
+from pandacead.trainers import DatasetInfo, PrivacyPlan, Progress, TrainerContext, TrainResult
 
 from . import models
 from .privacy import ACCOUNTANTS, RDP_ORDERS
@@ -68,6 +68,15 @@ def check_secure_mode(ctx: TrainerContext) -> None:
         import torchcsprng  # noqa: F401
     except Exception as exc:
         raise JobRejected(SECURE_MODE_UNAVAILABLE, [f"torchcsprng: {type(exc).__name__}: {exc}"]) from None
+
+
+def check_ready(job: Job, plan: PrivacyPlan, ctx: TrainerContext) -> DatasetInfo:
+    """What must still hold when training starts (shared with the syft backend)."""
+    info = ctx.dataset(job)
+    check_secure_mode(ctx)
+    if plan.details.get("digest") not in (None, info.digest):
+        raise JobFailed(f"Dataset {info.name!r} changed between planning and training.")
+    return info
 
 
 class OpacusTrainer:
@@ -219,10 +228,7 @@ class OpacusTrainer:
 
         from .training import train_arrays
 
-        info = ctx.dataset(job)
-        check_secure_mode(ctx)
-        if plan.details.get("digest") not in (None, info.digest):
-            raise JobFailed(f"Dataset {info.name!r} changed between planning and training.")
+        info = check_ready(job, plan, ctx)
         base_dir = ctx.options.get("home") or "."
         X_train, y_train, X_test, y_test = datasets.load(info, base_dir)
         arrays = {"X_train": X_train, "y_train": y_train, "X_test": X_test, "y_test": y_test}

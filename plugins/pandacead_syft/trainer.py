@@ -41,12 +41,9 @@ class SyftTrainer:
     def train(
         self, job: Job, plan: PrivacyPlan, ctx: TrainerContext, progress: Progress
     ) -> TrainResult:
-        from pandacead_opacus.trainer import check_secure_mode
+        from pandacead_opacus.trainer import check_ready
 
-        info = ctx.dataset(job)
-        check_secure_mode(ctx)
-        if plan.details.get("digest") not in (None, info.digest):
-            raise JobFailed(f"Dataset {info.name!r} changed between planning and training.")
+        info = check_ready(job, plan, ctx)
         runs = RunRecord(Path(ctx.state_dir) / "syft" / "runs.sqlite")
         code_name = datasite.code_name_for(job.job_id)
         # Early, before any syft work; `claim` below is the atomic check.
