@@ -34,7 +34,7 @@ timeout_seconds = {timeout}
 torch_threads = 1
 
 [plugins]
-dirs = ["{plugin_dir}"]
+dirs = [{plugin_dirs}]
 
 [logging]
 level = "INFO"
@@ -44,8 +44,9 @@ format = "text"
 
 def make_home(
     path: Path, *, backend: str = "mock", workers: int = 1, default_epsilon: float = 10.0,
-    timeout: float = 120, extra: str = "",
+    timeout: float = 120, extra: str = "", plugin_dirs: tuple[Path, ...] = (),
 ) -> Path:
+    """A fresh home with a fast config; `plugin_dirs` are loaded before tests/plugins."""
     from pandacead.app import ensure_home
     from pandacead.config import load_settings
 
@@ -53,7 +54,7 @@ def make_home(
     (path / "pandacead.toml").write_text(
         FAST_CONFIG.format(
             workers=workers, default_epsilon=default_epsilon, backend=backend, timeout=timeout,
-            plugin_dir=TEST_PLUGINS,
+            plugin_dirs=", ".join(f'"{d}"' for d in (*plugin_dirs, TEST_PLUGINS)),
         ) + extra
     )
     ensure_home(load_settings(path, environ={}))

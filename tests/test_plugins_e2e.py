@@ -62,9 +62,7 @@ def test_broken_plugin_is_reported_and_the_daemon_keeps_serving(tmp_path):
         "def pandacead_register_trainers(register):\n"
         "    register(object())\n"
     )
-    home = make_home(tmp_path / "h")
-    cfg = home / "pandacead.toml"
-    cfg.write_text(cfg.read_text().replace('dirs = [', f'dirs = ["{broken}", '))
+    home = make_home(tmp_path / "h", plugin_dirs=(broken,))
     rows = {r["name"]: r for r in json.loads(cli(home, "plugins", "--json").stdout)}
     assert "boom at import" in rows["explodes"]["error"]
     assert "no name" in rows["bad_trainer"]["error"]
@@ -85,9 +83,7 @@ def test_a_budget_hook_that_raises_vetoes_the_job(tmp_path):
         "    if job.user_id == 'trudy':\n"
         "        return 'Trudy is over her monthly quota.'\n"
     )
-    home = make_home(tmp_path / "h")
-    cfg = home / "pandacead.toml"
-    cfg.write_text(cfg.read_text().replace('dirs = [', f'dirs = ["{plugs}", '))
+    home = make_home(tmp_path / "h", plugin_dirs=(plugs,))
     for u in ("mallory", "trudy", "alice"):
         drop(home, f"{u}.json", job(u, u))
     run_once(home)
@@ -109,9 +105,7 @@ def test_job_finished_hook_is_told_every_outcome(tmp_path):
         "def pandacead_job_finished(job, outcome):\n"
         f"    open({str(log)!r}, 'a').write(json.dumps(outcome) + '\\n')\n"
     )
-    home = make_home(tmp_path / "h")
-    cfg = home / "pandacead.toml"
-    cfg.write_text(cfg.read_text().replace('dirs = [', f'dirs = ["{plugs}", '))
+    home = make_home(tmp_path / "h", plugin_dirs=(plugs,))
     drop(home, "a.json", job("a"))
     drop(home, "b.json", b"{broken")
     run_once(home)
