@@ -12,6 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from pandacead.accounts import buyer_inboxes
 from pandacead.app import App
 from pandacead.artifacts import stale_temp_files
 from pandacead.config import Settings, load_settings
@@ -27,13 +28,14 @@ log = logging.getLogger("pandacead.daemon")
 class _Events:
     """What the inbox watch saw: names written and closed, or renamed in. Only a nudge; the scan decides."""
 
-    def __init__(self, wake: threading.Event):
+    def __init__(self, wake: threading.Event, root: Path | None = None):
         self.wake = wake
+        self.root = root
         self.closed: set[str] = set()
         self.lock = threading.Lock()
 
     def note(self, name: str, closed: bool) -> None:
-        if not is_candidate(name):
+        if not is_candidate(name.rpartition("/")[2]):
             return
         if closed:
             with self.lock:
@@ -41,9 +43,14 @@ class _Events:
         self.wake.set()
 
     def dispatch(self, event: Any) -> None:
-        """The watchdog handler (the fallback watch)."""
+        """The watchdog handler (the fallback watch). Keys: `name` in inbox/, `account/name` in a buyer's."""
         path = getattr(event, "dest_path", "") or event.src_path
-        name = Path(path if isinstance(path, str) else path.decode()).name
+        p = Path(path if isinstance(path, str) else path.decode())
+        name = p.name
+        if self.root is not None and p.parent != self.root and p.parent.parent == self.root:
+            if not is_candidate(name):
+                return
+            name = f"{p.parent.name}/{name}"
         self.note(name, event.event_type in ("closed", "moved"))
 
     def take_closed(self) -> set[str]:
@@ -143,7 +150,8 @@ class Daemon:
             spool.owner, s.home, s.inbox, ", ".join(sorted(app.plugins.trainers)),
         )
         try:
-            for tmp in stale_temp_files(s.outbox):
+            outboxes = [s.outbox] + [s.outbox / acct for acct, _ in buyer_inboxes(s.inbox)]
+            for tmp in [t for o in outboxes if o.is_dir() for t in stale_temp_files(o)]:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
                     log.info("removed %s, left by a process killed while publishing", tmp.name)
@@ -201,8 +209,20 @@ class Daemon:
     def _idle(self) -> bool:
         return (
             not self.in_flight and not self._backlog and not self.retry_at
-            and not [e for e in scan(self.settings.inbox) if e.name not in self.claim_errors]
+            and not [k for k, _, _, _ in self._inbox_entries() if k not in self.claim_errors]
         )
+
+    def _inbox_entries(self) -> list[tuple[str, str | None, Path, Any]]:
+        """(key, account, directory, entry) for every candidate in inbox/ and in the buyers' inboxes.
+
+        The admin's inbox comes first and its keys are the bare names, as before
+        buyer inboxes existed; a buyer's file is keyed `account/name`.
+        """
+        inbox = self.settings.inbox
+        out: list[tuple[str, str | None, Path, Any]] = [(e.name, None, inbox, e) for e in scan(inbox)]
+        for account, d in buyer_inboxes(inbox):
+            out.extend((f"{account}/{e.name}", account, d, e) for e in scan(d))
+        return out
 
     def _wait_time(self) -> float:
         t = float(self.settings.daemon.get("rescan_interval", 2.0))
@@ -216,7 +236,7 @@ class Daemon:
         return max(0.01, t)
 
     def _start_observer(self) -> Any:
-        handler = _Events(self.wake)
+        handler = _Events(self.wake, self.settings.inbox)
         self.events = handler
         try:
             from watchdog.observers import Observer
@@ -226,7 +246,8 @@ class Daemon:
         _shorten_move_pairing()
         observer = Observer()
         watchdog_handler: Any = handler  # duck-typed: watchdog only calls dispatch()
-        observer.schedule(watchdog_handler, str(self.settings.inbox), recursive=False)
+        # Recursive: buyer inboxes are inbox/<account>/ (events only nudge; the scan decides).
+        observer.schedule(watchdog_handler, str(self.settings.inbox), recursive=True)
         observer.daemon = True
         try:
             observer.start()
@@ -310,38 +331,38 @@ class Daemon:
         self.closed_ready |= closed
         settle = float(s.daemon.get("settle_seconds", 0.5))
         now = time.time()
-        entries = scan(s.inbox)
-        present = {e.name for e in entries}
+        entries = self._inbox_entries()
+        present = {k for k, _, _, _ in entries}
         self.closed_ready &= present
         self.first_seen = {k: v for k, v in self.first_seen.items() if k in present}
         self.claim_errors = {k: v for k, v in self.claim_errors.items() if k in present}
-        for e in entries:
+        for key, account, where, e in entries:
             if self._capacity() <= 0:
                 break
             if e.kind == "file":
-                seen = self.first_seen.get(e.name)
+                seen = self.first_seen.get(key)
                 stable = seen is not None and seen[0] == e.size and now - seen[1] >= settle
                 if seen is None or seen[0] != e.size:
-                    self.first_seen[e.name] = (e.size, now)
-                ready = e.name in self.closed_ready or now - e.mtime >= settle or stable
-                if not ready or being_written(s.inbox / e.name):
+                    self.first_seen[key] = (e.size, now)
+                ready = key in self.closed_ready or now - e.mtime >= settle or stable
+                if not ready or being_written(where / e.name):
                     continue
             try:
-                spooled = self.spool.claim(s.inbox, e.name)
+                spooled = self.spool.claim(where, e.name, account)
             except ClaimError as exc:
-                if self.claim_errors.get(e.name) != str(exc):  # (ClaimError quotes the name with repr)
+                if self.claim_errors.get(key) != str(exc):  # (ClaimError quotes the name with repr)
                     log.error("%s; it stays in the inbox", exc)
-                self.claim_errors[e.name] = str(exc)
+                self.claim_errors[key] = str(exc)
                 continue
-            self.claim_errors.pop(e.name, None)
-            self.closed_ready.discard(e.name)
-            self.first_seen.pop(e.name, None)
+            self.claim_errors.pop(key, None)
+            self.closed_ready.discard(key)
+            self.first_seen.pop(key, None)
             if spooled is None:
                 continue  # another daemon took it
             from pandacead import faults
 
             faults.point("claimed")
-            log.info("claimed %s", e.name if e.name.isprintable() else ascii(e.name)[1:-1])
+            log.info("claimed %s", key if key.isprintable() else ascii(key)[1:-1])
             self._submit(spooled)
         self.notifier.status(self._status())
 

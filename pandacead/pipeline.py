@@ -54,7 +54,7 @@ from pandacead.errors import HandedBack, JobError, JobFailed, JobRejected
 from pandacead.jobs import Job, job_id_hint, parse_job, parse_json
 from pandacead.ledger import SLACK, Ledger
 from pandacead.signing import envelope, envelope_payload, statement
-from pandacead.spool import Oversized, SpecialFile, original_name, read_job_file
+from pandacead.spool import Oversized, SpecialFile, original_name, read_job_file, spooled_account
 from pandacead.trainers import PrivacyPlan, TrainerContext, TrainResult
 
 log = logging.getLogger("pandacead.job")
@@ -155,6 +155,14 @@ class Pipeline:
 
     def read(self, spooled: Path) -> bytes:
         max_bytes = int(self.settings.daemon.get("max_job_bytes", 1_048_576))
+        if spooled_account(spooled) is not None:
+            # A buyer could hard-link a file it cannot read into its inbox for the service to read.
+            with contextlib.suppress(OSError):
+                if os.lstat(spooled).st_nlink > 1:
+                    raise JobRejected(
+                        f"{original_name(spooled)} is a hard link to another file; it was not opened.",
+                        ["file: hard link in a buyer inbox"],
+                    )
         try:
             return read_job_file(spooled, max_bytes)
         except SpecialFile as exc:
@@ -203,8 +211,31 @@ class Pipeline:
         if problem:
             raise Deferred(f"Job {job_id} waits: {problem}", errno.ENOSPC if "full" in problem else errno.EROFS, problem)
 
-    def parse(self, data: bytes, default_user: str | None = None) -> Job:
-        return parse_job(data, default_user=default_user)
+    def parse(self, data: bytes, default_user: str | None = None, scope: str = "") -> Job:
+        """The job; in a buyer's inbox (`scope`) it pays with that account, whatever it names."""
+        if not scope:
+            return parse_job(data, default_user=default_user)
+        job = parse_job(data, default_user=scope)
+        if job.user_id != scope:
+            raise JobRejected(
+                f"Job {job.job_id} names user_id {job.user_id!r} but was dropped in account {scope}'s inbox;"
+                f" a job there can only charge {scope}. Nothing was charged.",
+                [f"user_id: {job.user_id!r} is not the account {scope!r} of the inbox"],
+            )
+        return job
+
+    def outbox_dir(self, scope: str = "") -> Path:
+        """Where a job's outcome goes: outbox/, or outbox/<account>/ for a buyer's job.
+
+        A buyer's outbox made by `pandacead buyers add` is readable by that buyer only;
+        if it is missing, one only the service can read is made (fail closed).
+        """
+        if not scope:
+            return self.settings.outbox
+        d = self.settings.outbox / scope
+        if not d.is_dir():
+            d.mkdir(mode=0o700, exist_ok=True)
+        return d
 
     def select(self, job: Job) -> Any:
         trainers = self.plugins.trainers
@@ -299,9 +330,9 @@ class Pipeline:
         return envelope(stmt, sigs)
 
     def publish_success(
-        self, job: Job, trainer: Any, plan: PrivacyPlan, result: TrainResult, started: str
+        self, job: Job, trainer: Any, plan: PrivacyPlan, result: TrainResult, started: str, scope: str = ""
     ) -> Path:
-        outbox = self.settings.outbox
+        outbox = self.outbox_dir(scope)
         art = build_artifact(job, trainer.name, result, plan)
         data = artifact_bytes(art)
         name = f"{job.job_id}.json"
@@ -339,12 +370,13 @@ class Pipeline:
         return outbox / name
 
     def publish_error(
-        self, job_id: str, status: str, error: str, details: list[str], report_name: str | None = None
+        self, job_id: str, status: str, error: str, details: list[str], report_name: str | None = None,
+        scope: str = "",
     ) -> Path:
         """Write the error report outbox/<report_name>.error.json (report_name: see
         Ledger.settle_failure). The job's end is already in the ledger: if the outbox
         refuses the report, the file stays spooled and the report is written on a retry."""
-        path = self.settings.outbox / f"{report_name or job_id}{ERROR_SUFFIX}"
+        path = self.outbox_dir(scope) / f"{report_name or job_id}{ERROR_SUFFIX}"
         report = error_report(job_id, status, error, details)
         try:
             faults.fail("publish_error")
@@ -380,10 +412,11 @@ class Pipeline:
         led = self.ledger()
         fname = spooled.name
         prior = led.job_by_file(fname)
+        scope = spooled_account(spooled) or ""
         if prior is not None and prior["status"] in ("rejected", "failed"):
             # Recorded but maybe not published before a crash: publish (again) and clean up.
             self.publish_error(prior["job_id"], prior["status"], prior["error"] or "", prior.get("details") or [],
-                               prior.get("report") or prior["job_id"])
+                               prior.get("report") or prior["job_id"], scope=scope)
             self.cleanup(spooled, set_aside=_is_special(spooled))
             return Outcome(prior["job_id"], prior["status"], prior["user_id"], prior["backend"],
                            error=prior["error"], details=prior.get("details"))
@@ -399,7 +432,7 @@ class Pipeline:
             data = self.read(spooled)
             with contextlib.suppress(JobError):
                 outcome_name = job_id_hint(parse_json(data)) or outcome_name
-            job = self.parse(data, default_user)
+            job = self.parse(data, default_user, scope)
             faults.point("parsed")
             extra = {"job_id": job.job_id, "user_id": job.user_id}
             log.info("job %s validated (user %s, dataset %s)", job.job_id, job.user_id, job.dataset, extra=extra)
@@ -410,7 +443,8 @@ class Pipeline:
             faults.point("planned")
             self.check_budget(job, plan)
             self._require_outbox(job.job_id)
-            row_id = led.reserve(job.job_id, job.user_id, plan, trainer.name, owner=fname, file=fname)
+            row_id = led.reserve(job.job_id, job.user_id, plan, trainer.name, owner=fname, file=fname,
+                                 dataset=job.dataset, scope=scope, create_account=not scope)
             faults.point("reserved")
             log.info(
                 "job %s reserved ε=%.6g δ=%.3g on %s (σ=%s, q=%s, steps=%s)", job.job_id, plan.epsilon,
@@ -445,9 +479,9 @@ class Pipeline:
         faults.point("trained")
         log.info("job %s trained: ε=%.6g accuracy=%s", job.job_id, result.epsilon, _fmt(result.accuracy), extra=extra)
         try:
-            path = self.publish_success(job, trainer, plan, result, started)
+            path = self.publish_success(job, trainer, plan, result, started, _scope(spooled))
             log.info("job %s published %s", job.job_id, path.name, extra=extra)
-            self._commit(job, result.epsilon, result.delta, row_id)
+            self._commit(job, result.epsilon, result.delta, row_id, _scope(spooled))
         except Deferred as exc:
             self._note_waiting(job, row_id, exc.reason)
             raise
@@ -465,12 +499,12 @@ class Pipeline:
         with contextlib.suppress(Exception):
             self.ledger().job_event(job.job_id, "running", row_id=row_id, error=f"waiting: {why}")
 
-    def _commit(self, job: Job, epsilon: float, delta: float, row_id: int) -> None:
+    def _commit(self, job: Job, epsilon: float, delta: float, row_id: int, scope: str = "") -> None:
         """Charge a published job. Its artifact is out: a failure here must never turn into a
         release, so it defers (the next attempt finds the artifact and commits it)."""
         try:
             faults.fail("commit")
-            self.ledger().commit(job.job_id, epsilon, delta, row_id=row_id)
+            self.ledger().commit(job.job_id, epsilon, delta, row_id=row_id, scope=scope)
         except Exception as exc:
             reason = f"its spend could not be recorded ({type(exc).__name__}: {exc})"
             raise Deferred(
@@ -482,7 +516,8 @@ class Pipeline:
         """A job a crashed daemon had reserved: commit what it published, or train it again."""
         led = self.ledger()
         extra = {"job_id": job.job_id, "user_id": job.user_id}
-        spend = led.spend(job.job_id)
+        scope = _scope(spooled)
+        spend = led.spend(job.job_id, scope)
         row_id = prior["id"]
         if spend is None or spend["owner"] != spooled.name:
             raise JobFailed(f"Job {job.job_id} lost its reservation during a crash; it was not run.")
@@ -492,12 +527,12 @@ class Pipeline:
             return Outcome(job.job_id, "succeeded", job.user_id, spend["backend"], spend["epsilon"])
         if spend["state"] == "released":
             raise JobFailed(f"Job {job.job_id} was interrupted and its reservation released.")
-        art_path = self.settings.outbox / f"{job.job_id}.json"
+        art_path = self.outbox_dir(scope) / f"{job.job_id}.json"
         if art_path.exists() and not verify_artifact(art_path, self.public_keys):
             art = json.loads(art_path.read_bytes())
             if art.get("user_id") == job.user_id and art.get("job_id") == job.job_id:
                 log.info("job %s recovered: its artifact was published before a crash", job.job_id, extra=extra)
-                self._commit(job, float(art["epsilon"]), float(art["dp"]["delta"]), row_id)
+                self._commit(job, float(art["epsilon"]), float(art["dp"]["delta"]), row_id, scope)
                 self.cleanup(spooled)
                 out = Outcome(job.job_id, "succeeded", job.user_id, spend["backend"], art["epsilon"], artifact=art_path)
                 self._notify(job, out)
@@ -534,8 +569,9 @@ class Pipeline:
         exc.details = [_encodable(str(d)) for d in exc.details]
         extra = {"job_id": job_id, "user_id": user_id}
         led = self.ledger()
+        scope = _scope(spooled)
         if job is not None:
-            spend = led.spend(job.job_id)
+            spend = led.spend(job.job_id, scope)
             if spend is not None and spend["state"] == "committed" and spend["owner"] == spooled.name:
                 # This file's job is published and charged; what failed came after (clean-up).
                 # Never report a charged job as failed: its file is settled on a retry.
@@ -543,7 +579,7 @@ class Pipeline:
         try:
             _, report = led.settle_failure(
                 job_id, user_id, exc.status, exc.message, exc.details, owner=spooled.name, file=spooled.name,
-                backend=backend, row_id=row_id,
+                backend=backend, row_id=row_id, scope=scope, dataset=job.dataset if job else None,
             )
         except sqlite3.OperationalError as err:
             raise Deferred(
@@ -552,7 +588,7 @@ class Pipeline:
                 errno.EBUSY,
             ) from None
         faults.point("error_recorded")
-        self.publish_error(job_id, exc.status, exc.message, exc.details, report)
+        self.publish_error(job_id, exc.status, exc.message, exc.details, report, scope=scope)
         faults.point("error_published")
         log.warning("job %s %s: %s", job_id, exc.status, exc.message, extra=extra)
         self.cleanup(spooled, set_aside=_is_special(spooled))
@@ -565,6 +601,11 @@ class Pipeline:
             self.plugins.hook.pandacead_job_finished(job=job, outcome=outcome.to_dict())
         except Exception as exc:
             log.error("a pandacead_job_finished hook failed: %s", exc)
+
+
+def _scope(spooled: Path) -> str:
+    """The job_id namespace and outbox of a spooled file: its buyer account, or '' (the admin's)."""
+    return spooled_account(spooled) or ""
 
 
 def _encodable(text: str) -> str:

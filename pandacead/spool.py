@@ -14,6 +14,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import stat
 import time
 import uuid
@@ -227,14 +228,18 @@ class Spool:
                 os.close(fd)
         return adopted
 
-    def claim(self, inbox: Path, name: str) -> Path | None:
+    def claim(self, inbox: Path, name: str, account: str | None = None) -> Path | None:
         """Atomically take inbox/name; None if someone else took it first.
 
+        `account`: the buyer whose inbox (inbox/<account>/) `inbox` is; the
+        spool name records it (`<ns>-<seq>@<account>@<name>`), so the account
+        survives a crash and comes from where the file was, never from the job.
         Raises ClaimError when the file is there but cannot be moved; it then
         stays in the inbox, untouched.
         """
         self._seq += 1
-        target = self.dir / f"{time.time_ns():020d}-{self._seq:06d}-{spool_name(name)}"
+        sep = f"@{account}@" if account else "-"
+        target = self.dir / f"{time.time_ns():020d}-{self._seq:06d}{sep}{spool_name(name)}"
         try:
             os.rename(inbox / name, target)
         except FileNotFoundError:
@@ -246,8 +251,20 @@ class Spool:
         return target
 
 
+_BUYER_SPOOLED = re.compile(r"^(\d+-\d+)@([A-Za-z0-9][A-Za-z0-9._-]{0,127})@(.+)$")
+
+
+def spooled_account(spooled: Path) -> str | None:
+    """The buyer account whose inbox a spooled file came from; None for the admin's inbox."""
+    m = _BUYER_SPOOLED.match(spooled.name)
+    return m.group(2) if m else None
+
+
 def original_name(spooled: Path) -> str:
     """The inbox name a spooled file had."""
+    m = _BUYER_SPOOLED.match(spooled.name)
+    if m:
+        return m.group(3)
     parts = spooled.name.split("-", 2)
     return parts[2] if len(parts) == 3 else spooled.name
 
