@@ -30,7 +30,32 @@ def _ledger(home: str | None, actor: str = "cli") -> Any:
     s = _settings(home)
     if not s.ledger_path.exists():
         raise ConfigError(f"No ledger at {s.ledger_path}; run `pandacead init --home {s.home}` first.")
-    return Ledger.from_settings(s, actor=f"{actor}:{os.getenv('USER', 'unknown')}")
+    return Ledger.from_settings(s, actor=f"{actor}:{real_actor()}")
+
+
+def real_actor() -> str:
+    """Who runs this command, for the audit log: the process's uid, the login uid (which su and
+    sudo keep) and, under sudo as root, SUDO_USER — never the spoofable $USER."""
+    import pwd
+
+    def name(uid: int) -> str:
+        try:
+            return f"{pwd.getpwuid(uid).pw_name}(uid {uid})"
+        except KeyError:
+            return f"uid {uid}"
+
+    uid = os.getuid()
+    parts = [name(uid)]
+    try:
+        login = int(Path("/proc/self/loginuid").read_text().strip())
+    except (OSError, ValueError):
+        login = -1
+    if 0 <= login < 4294967295 and login != uid:
+        parts.append(f"login {name(login)}")
+    sudo = os.environ.get("SUDO_USER") if uid == 0 else None
+    if sudo and f"login {sudo}(" not in " ".join(parts):
+        parts.append(f"sudo by {sudo}")
+    return ", ".join(parts)
 
 
 def _emit_json(obj: Any) -> None:
@@ -244,11 +269,17 @@ def budget() -> None:
 
 @budget.command("show")
 @click.argument("user", required=False)
+@click.option("--dataset", help="Show this dataset's budget (all buyers together) instead of an account's.")
 @click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object (with USER) or a list.")
-def budget_show(user: str | None, home: str | None, as_json: bool) -> None:
-    """Show USER's budget, or every user's."""
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (with USER or --dataset) or a list.")
+def budget_show(user: str | None, dataset: str | None, home: str | None, as_json: bool) -> None:
+    """Show USER's budget, or every user's; with --dataset NAME, the dataset's."""
     led = _ledger(home)
+    if dataset is not None:
+        if user is not None:
+            raise click.UsageError("Give USER or --dataset, not both.")
+        _show_dataset(led, dataset, as_json, _settings(home))
+        return
     rows = [led.summary(user)] if user else [led.summary(b.user_id) for b in led.budgets()]
     if as_json:
         _emit_json(rows[0] if user else rows)
@@ -267,19 +298,67 @@ def _check_user(user: str) -> None:
         raise click.BadParameter(f"{user!r} is not a valid user id (letters, digits, . _ -; at most 128).")
 
 
+def _target(args: tuple[str, ...], dataset: str | None, command: str, *, amount: bool) -> tuple[str | None, list[str]]:
+    """USER (or None with --dataset) and the remaining positional arguments."""
+    want = 1 if amount else 0
+    if dataset is not None:
+        if len(args) != want:
+            raise click.UsageError(f"Usage: pandacead budget {command} --dataset NAME" + (" EPSILON" if amount else ""))
+        return None, list(args)
+    if len(args) != want + 1:
+        raise click.UsageError(f"Usage: pandacead budget {command} USER" + (" EPSILON" if amount else ""))
+    _check_user(args[0])
+    return args[0], list(args[1:])
+
+
+def _warn_below_spent(what: str, budget_e: float, used_e: float, budget_d: float, used_d: float) -> None:
+    if used_e > budget_e * (1 + 1e-9) or used_d > budget_d * (1 + 1e-9):
+        click.echo(
+            f"warning: {what} has already spent or reserved ε {used_e:.6g}, δ {used_d:.3g}, more than its new"
+            f" budget ε {budget_e:g}, δ {budget_d:g}; it admits nothing until spends are reset.",
+            err=True,
+        )
+
+
 @budget.command("set")
-@click.argument("user")
-@click.argument("epsilon", type=float)
+@click.argument("args", nargs=-1, metavar="[USER] EPSILON")
+@click.option("--dataset", help="Set this dataset's total budget instead of an account's allowance.")
 @click.option("--delta", type=float, help="Also set the δ budget (default: keep it).")
+@click.option("--create", is_flag=True, help="Create the account (or the dataset's ledger entry) if it does not exist.")
 @click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
 @click.option("--json", "as_json", is_flag=True)
-def budget_set(user: str, epsilon: float, delta: float | None, home: str | None, as_json: bool) -> None:
-    """Set USER's ε budget to EPSILON (what was spent stays spent)."""
-    _check_user(user)
+def budget_set(
+    args: tuple[str, ...], dataset: str | None, delta: float | None, create: bool, home: str | None, as_json: bool
+) -> None:
+    """Set USER's ε allowance (or, with --dataset NAME, the dataset's ε budget) to EPSILON.
+
+    What was spent stays spent; a budget below it is set, with a warning. An
+    account or dataset that does not exist is an error unless --create.
+    """
+    user, rest = _target(args, dataset, "set", amount=True)
     try:
-        b = _ledger(home).set_budget(user, epsilon, delta)
+        epsilon = float(rest[0])
+    except ValueError:
+        raise click.BadParameter(f"{rest[0]!r} is not a number.", param_hint="EPSILON") from None
+    led = _ledger(home)
+    try:
+        if dataset is not None:
+            d = led.set_dataset_budget(dataset, epsilon, delta, create=create)
+            _warn_below_spent(f"dataset {dataset}", d["epsilon_budget"], d["epsilon_spent"] + d["epsilon_reserved"],
+                              d["delta_budget"], d["delta_spent"] + d["delta_reserved"])
+            if as_json:
+                _emit_json(d)
+            else:
+                click.echo(f"dataset {dataset}: ε budget {d['epsilon_budget']:g} (spent {d['epsilon_spent']:.6g}),"
+                           f" δ budget {d['delta_budget']:g}")
+            return
+        assert user is not None
+        b = led.set_budget(user, epsilon, delta, create=create)
     except ValueError as exc:
-        raise click.ClickException(f"{exc}.") from None
+        raise click.ClickException(f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
+    s = led.summary(user)
+    _warn_below_spent(f"account {user}", s["epsilon_budget"], s["epsilon_spent"] + s["epsilon_reserved"],
+                      s["delta_budget"], s["delta_spent"] + s["delta_reserved"])
     if as_json:
         _emit_json(b.to_dict())
     else:
@@ -287,36 +366,77 @@ def budget_set(user: str, epsilon: float, delta: float | None, home: str | None,
 
 
 @budget.command("reset")
-@click.argument("user")
+@click.argument("args", nargs=-1, metavar="[USER]")
+@click.option("--dataset", help="Reset this dataset's spend (all buyers) instead of an account's.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--create", is_flag=True, help="Allow resetting an account or dataset the ledger does not know.")
 @click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
 @click.option("--json", "as_json", is_flag=True)
-def budget_reset(user: str, home: str | None, as_json: bool) -> None:
-    """Forget what USER has spent (audited). Running jobs keep their reservations."""
-    _check_user(user)
-    b = _ledger(home).reset(user)
+def budget_reset(
+    args: tuple[str, ...], dataset: str | None, yes: bool, create: bool, home: str | None, as_json: bool
+) -> None:
+    """Forget what USER (or, with --dataset NAME, everyone on the dataset) has spent.
+
+    Works under both composition modes (under rdp the filter starts afresh).
+    Running jobs keep their reservations. Asks for confirmation unless --yes;
+    recorded in the audit log with the real actor (uid, login uid, SUDO_USER).
+    """
+    user, _ = _target(args, dataset, "reset", amount=False)
+    what = f"dataset {dataset}" if dataset is not None else f"account {user}"
+    led = _ledger(home)
+    if not yes:
+        click.confirm(
+            f"Forget everything {what} has spent? Its privacy loss does not go away; this only lets it spend again.",
+            abort=True, err=True,
+        )
+    try:
+        if dataset is not None:
+            d = led.reset_dataset(dataset, create=create)
+            if as_json:
+                _emit_json(d)
+            else:
+                click.echo(f"dataset {dataset}: spent reset to 0; ε budget {d['epsilon_budget']:g}")
+            return
+        assert user is not None
+        b = led.reset(user, create=create)
+    except ValueError as exc:
+        raise click.ClickException(f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
     if as_json:
-        _emit_json(b.to_dict())
+        _emit_json(led.summary(user))
     else:
         click.echo(f"{user}: spent reset to 0; ε budget {b.epsilon_budget:g}")
 
 
+SPEND_COLUMNS = [
+    ("job_id", "JOB"), ("user_id", "USER"), ("dataset", "DATASET"), ("state", "STATE"), ("backend", "BACKEND"),
+    ("epsilon_reserved", "ε RESERVED"), ("epsilon", "ε SPENT"), ("delta", "δ"), ("noise_multiplier", "σ"),
+    ("sample_rate", "q"), ("steps", "STEPS"), ("reserved_at", "RESERVED AT"),
+]
+
+
 @budget.command("history")
-@click.argument("user")
+@click.argument("user", required=False)
+@click.option("--dataset", help="The spends on this dataset (all buyers) instead of one account's.")
 @click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
 @click.option("--json", "as_json", is_flag=True)
-def budget_history(user: str, home: str | None, as_json: bool) -> None:
-    """List USER's jobs with their privacy parameters, and the audit log."""
+def budget_history(user: str | None, dataset: str | None, home: str | None, as_json: bool) -> None:
+    """List USER's jobs (dataset, privacy parameters) and the audit log; or a dataset's with --dataset."""
+    if (user is None) == (dataset is None):
+        raise click.UsageError("Give USER or --dataset NAME.")
     led = _ledger(home)
-    spends = led.spends(user)
-    audit = led.audit(user)
-    if as_json:
-        _emit_json({"user_id": user, "spends": spends, "audit": audit})
-        return
-    click.echo(_table(spends, [
-        ("job_id", "JOB"), ("state", "STATE"), ("backend", "BACKEND"), ("epsilon_reserved", "ε RESERVED"),
-        ("epsilon", "ε SPENT"), ("delta", "δ"), ("noise_multiplier", "σ"), ("sample_rate", "q"),
-        ("steps", "STEPS"), ("reserved_at", "RESERVED AT"),
-    ]))
+    if dataset is not None:
+        spends = led.spends(dataset=dataset)
+        audit = [a for a in led.audit() if a.get("detail") and json.loads(a["detail"]).get("dataset") == dataset]
+        if as_json:
+            _emit_json({"dataset": dataset, "spends": spends, "audit": audit})
+            return
+    else:
+        spends = led.spends(user)
+        audit = led.audit(user)
+        if as_json:
+            _emit_json({"user_id": user, "spends": spends, "audit": audit})
+            return
+    click.echo(_table(spends, [c for c in SPEND_COLUMNS if c[0] != ("dataset" if dataset else "user_id")]))
     click.echo()
     click.echo(_table(audit, [("at", "AT"), ("event", "EVENT"), ("job_id", "JOB"), ("actor", "BY")]))
 
@@ -330,9 +450,13 @@ def jobs() -> None:
 
 
 def _queued(s: Any) -> list[dict[str, Any]]:
+    from pandacead.accounts import buyer_inboxes
     from pandacead.spool import original_name, scan
 
     out = [{"job_id": e.name[:-5], "status": "queued", "file": e.name} for e in scan(s.inbox)]
+    for account, d in buyer_inboxes(s.inbox):
+        out.extend({"job_id": e.name[:-5], "user_id": account, "status": "queued", "file": f"{account}/{e.name}"}
+                   for e in scan(d))
     if s.spool.exists():
         for d in s.spool.iterdir():
             if d.is_dir():
@@ -356,7 +480,7 @@ def jobs_list(home: str | None, limit: int, as_json: bool) -> None:
         _emit_json(rows)
         return
     click.echo(_table(rows, [
-        ("job_id", "JOB"), ("user_id", "USER"), ("status", "STATUS"), ("backend", "BACKEND"),
+        ("job_id", "JOB"), ("user_id", "USER"), ("dataset", "DATASET"), ("status", "STATUS"), ("backend", "BACKEND"),
         ("epsilon", "ε"), ("updated_at", "UPDATED"), ("error", "ERROR"),
     ]))
 
@@ -377,7 +501,8 @@ def jobs_show(job_id: str, home: str | None, as_json: bool) -> None:
     if as_json:
         _emit_json(row)
         return
-    for key in ("job_id", "user_id", "status", "backend", "epsilon", "delta", "created_at", "updated_at", "error"):
+    for key in ("job_id", "user_id", "dataset", "status", "backend", "epsilon", "delta", "created_at", "updated_at",
+                "error"):
         if key in row:
             click.echo(f"{key:>10}: {_cell(row.get(key))}")
     if row.get("progress"):
@@ -444,6 +569,211 @@ def plugins(home: str | None, as_json: bool) -> None:
         r["state"] = "ok" if not r["error"] else r["error"]
     click.echo(_table(rows, [("name", "PLUGIN"), ("dist", "DIST"), ("version", "VERSION"),
                              ("trainers", "TRAINERS"), ("hooks", "HOOKS"), ("state", "STATE")]))
+
+
+# -- datasets ------------------------------------------------------------------------
+
+DATASET_COLUMNS = [
+    ("dataset", "DATASET"), ("owner", "OWNER"), ("privacy", "PRIVACY"), ("rows", "ROWS"), ("features", "FEATURES"),
+    ("epsilon_budget", "ε BUDGET"), ("epsilon_spent", "ε SPENT"), ("epsilon_reserved", "ε RESERVED"),
+    ("epsilon_remaining", "ε LEFT"), ("delta_budget", "δ BUDGET"), ("delta_spent", "δ SPENT"), ("jobs", "JOBS"),
+]
+
+
+def _dataset_rows(led: Any, names: list[str], settings: Any) -> list[dict[str, Any]]:
+    """The ledger's figures for each dataset, with its rows and features (the admin's view)."""
+    from pandacead.app import describe_datasets
+
+    infos, errors = describe_datasets(settings)
+    rows = []
+    for name in names:
+        d = led.dataset_summary(name)
+        info = infos.get(name)
+        d["privacy"] = "public" if d["public"] else "private"
+        d["rows"] = info.n_rows if info else None
+        d["features"] = info.n_features if info else None
+        d["registered"] = info is not None
+        if name in errors:
+            d["error"] = errors[name]
+        rows.append(d)
+    return rows
+
+
+def _show_dataset(led: Any, name: str, as_json: bool, settings: Any) -> None:
+    if not led.dataset_exists(name):
+        raise click.ClickException(f"No dataset {name} on this host (see `pandacead datasets list`).")
+    row = _dataset_rows(led, [name], settings)[0]
+    if as_json:
+        _emit_json(row)
+        return
+    click.echo(_table([row], DATASET_COLUMNS))
+    click.echo(f"(composition: {led.composition})")
+    if row["legacy_spends"]:
+        click.echo(
+            f"({row['legacy_spends']} spend(s) from before datasets were recorded count against {name};"
+            f" `pandacead datasets legacy {name} --ignore` stops that)"
+        )
+
+
+@cli.group()
+def datasets() -> None:
+    """The datasets this host offers: owner, public or private, budget, spent and remaining (all buyers)."""
+
+
+@datasets.command("list")
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True, help="A list of objects, one per dataset.")
+def datasets_list(home: str | None, as_json: bool) -> None:
+    """Every dataset the configuration registers or the ledger has charged."""
+    s = _settings(home)
+    led = _ledger(home)
+    rows = _dataset_rows(led, led.dataset_names(), s)
+    if as_json:
+        _emit_json(rows)
+        return
+    click.echo(_table(rows, DATASET_COLUMNS))
+    click.echo(f"(composition: {led.composition})")
+
+
+@datasets.command("show")
+@click.argument("name")
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def datasets_show(name: str, home: str | None, as_json: bool) -> None:
+    """One dataset: owner, privacy, rows and features, budget, spent, reserved and remaining."""
+    _show_dataset(_ledger(home), name, as_json, _settings(home))
+
+
+@datasets.command("legacy")
+@click.argument("name")
+@click.option("--ignore/--count", default=True,
+              help="--ignore: spends from before datasets were recorded no longer count against NAME; --count: they do.")
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True)
+def datasets_legacy(name: str, ignore: bool, home: str | None, as_json: bool) -> None:
+    """Decide whether spends that name no dataset (from an older ledger) count against NAME (audited).
+
+    After the migration they count against every private dataset, which is
+    conservative; an admin who knows they touched other data lifts them here.
+    """
+    led = _ledger(home)
+    if not led.dataset_exists(name):
+        raise click.ClickException(f"No dataset {name} on this host (see `pandacead datasets list`).")
+    d = led.set_legacy(name, not ignore)
+    if as_json:
+        _emit_json(d)
+    else:
+        click.echo(f"dataset {name}: spends without a dataset {'no longer count' if ignore else 'count'} against it")
+
+
+# -- buyers --------------------------------------------------------------------------
+
+
+@cli.group()
+def buyers() -> None:
+    """Buyer accounts: inbox/<account>/ and outbox/<account>/, owned by one unix user (docs/accounts.md)."""
+
+
+@buyers.command("add")
+@click.argument("name")
+@click.option("--user", "unix_user", help="The unix user who may drop jobs and read outcomes (default: you).")
+@click.option("--uid", type=int, help="The same, as a uid.")
+@click.option("--epsilon", type=float, help="The account's ε allowance (default: [budget] default_epsilon).")
+@click.option("--delta", type=float, help="The account's δ allowance (default: [budget] default_delta).")
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True)
+def buyers_add(
+    name: str, unix_user: str | None, uid: int | None, epsilon: float | None, delta: float | None,
+    home: str | None, as_json: bool,
+) -> None:
+    """Create buyer account NAME: its ledger entry and its inbox/outbox directories.
+
+    Only the unix user (and the service's group) can write inbox/NAME/ and
+    read outbox/NAME/; jobs dropped there always pay with NAME.
+    """
+    from pandacead.accounts import create_buyer_dirs, resolve_user, valid_account
+
+    s = _settings(home)
+    if not valid_account(name):
+        raise click.BadParameter(f"{name!r} is not a valid account name (letters, digits, . _ -; at most 48;"
+                                 " not ending in .json).", param_hint="NAME")
+    for v, what in ((epsilon, "--epsilon"), (delta, "--delta")):
+        if v is not None and not (v >= 0 and v != float("inf")):
+            raise click.BadParameter(f"{v} is not a finite number >= 0.", param_hint=what)
+    led = _ledger(home)
+    try:
+        uid_, login = resolve_user(unix_user, uid)
+        dirs = create_buyer_dirs(s, name, uid_, login)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"Cannot add buyer {name}: {exc}.") from None
+    b = led.add_account(name, epsilon, delta, buyer=True, unix_uid=uid_)
+    out = {**dirs.to_dict(), **b.to_dict()}
+    if as_json:
+        _emit_json(out)
+    else:
+        click.echo(f"buyer {name} (unix user {login or uid_}): drops jobs into {dirs.inbox}/, reads {dirs.outbox}/;"
+                   f" allowance ε {b.epsilon_budget:g}, δ {b.delta_budget:g}")
+
+
+@buyers.command("list")
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True)
+def buyers_list(home: str | None, as_json: bool) -> None:
+    """Buyer accounts with their directories, owners, modes and allowances."""
+    import pwd
+
+    from pandacead.accounts import buyer_inboxes, describe_dir
+
+    s = _settings(home)
+    led = _ledger(home)
+    accounts = {a["user_id"]: a for a in led.accounts()}
+    names = sorted({n for n, a in accounts.items() if a["buyer"]} | {n for n, _ in buyer_inboxes(s.inbox)})
+    rows = []
+    for n in names:
+        inbox, outbox = describe_dir(s.inbox / n), describe_dir(s.outbox / n)
+        uid = (inbox or {}).get("uid", (accounts.get(n) or {}).get("unix_uid"))
+        try:
+            user = pwd.getpwuid(uid).pw_name if uid is not None else None
+        except KeyError:
+            user = None
+        summ = led.summary(n)
+        rows.append({
+            "account": n, "user": user, "uid": uid, "registered": n in accounts,
+            "inbox": inbox, "outbox": outbox, "epsilon_budget": summ["epsilon_budget"],
+            "epsilon_spent": summ["epsilon_spent"], "epsilon_remaining": summ["epsilon_remaining"],
+        })
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        r["inbox_mode"] = (r["inbox"] or {}).get("mode", "missing")
+        r["outbox_mode"] = (r["outbox"] or {}).get("mode", "missing")
+    click.echo(_table(rows, [("account", "ACCOUNT"), ("user", "UNIX USER"), ("inbox_mode", "INBOX"),
+                             ("outbox_mode", "OUTBOX"), ("epsilon_budget", "ε BUDGET"), ("epsilon_spent", "ε SPENT"),
+                             ("epsilon_remaining", "ε LEFT")]))
+
+
+@buyers.command("remove")
+@click.argument("name")
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True)
+def buyers_remove(name: str, home: str | None, as_json: bool) -> None:
+    """Stop taking jobs from NAME: remove inbox/NAME/ (it must be empty). The outbox and the ledger's record stay."""
+    from pandacead.accounts import remove_buyer_dirs
+
+    s = _settings(home)
+    led = _ledger(home)
+    try:
+        removed = remove_buyer_dirs(s, name)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"Cannot remove buyer {name}: {exc}.") from None
+    known = led.remove_account(name)
+    if not removed and not known:
+        raise click.ClickException(f"There is no buyer {name} in {s.home}.")
+    if as_json:
+        _emit_json({"account": name, "removed": removed, "ledger": known})
+    else:
+        click.echo(f"buyer {name} removed ({', '.join(removed) or 'no inbox'}); outbox/{name}/ and its record stay")
 
 
 def main() -> None:

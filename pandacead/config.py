@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
         "default_delta": 1e-3,
         "composition": "basic",
         "approx_delta_share": 0.1,
+        # A private dataset's total (ε, δ) over all buyers when its [datasets.NAME] names none.
+        "dataset_epsilon": 10.0,
+        "dataset_delta": 1e-3,
     },
     "trainer": {
         "default_backend": "auto",  # "auto": opacus when installed, else mock
@@ -78,9 +81,16 @@ retry_seconds = 5      # host problems (outbox full or read-only, ledger locked)
 retry_max_seconds = 300  # it is retried with backoff, keeping its reservation
 
 [budget]
-default_epsilon = 10.0  # ε budget of a user not yet in the ledger (0: only users an admin set up)
+# An account's allowance when it is first seen on the admin's own inbox (0: only
+# accounts an admin set up). Buyer accounts (inbox/<account>/) exist only once
+# the admin creates them: `pandacead buyers add NAME --user UNIXUSER`.
+default_epsilon = 10.0
 default_delta = 1e-3
 composition = "basic"   # "basic": ε and δ add up; "rdp": Rényi filter (docs/accounting.md)
+# Every job is also charged to the dataset it touches: the bound on what its data
+# subjects can lose, across all buyers. For private datasets that name no budget:
+dataset_epsilon = 10.0  # 0: such a dataset admits nothing
+dataset_delta = 1e-3
 
 [trainer]
 default_backend = "auto"   # "auto": opacus when installed, else mock
@@ -93,12 +103,16 @@ prewarm = "auto"        # start workers at daemon start and import torch/opacus 
 [signing]
 key = "state/keys/ed25519.pem"
 
-# Datasets this host offers. `synthetic` is built in.
+# Datasets this host offers. `synthetic` is built in (and public: it needs no budget).
 # [datasets.patients]
 # kind = "csv"            # csv | npz | parquet
 # path = "data/patients.csv"
 # label = "outcome"
 # task = "classification" # or "regression"
+# owner = "clinic-a"      # who the data belongs to (shown by `pandacead datasets`)
+# epsilon_budget = 3.0    # total ε over all buyers and jobs (default: [budget] dataset_epsilon)
+# delta_budget = 1e-5     # total δ (default: [budget] dataset_delta)
+# public = false          # true only for data that needs no privacy (then no budget applies)
 """
 
 
@@ -217,12 +231,22 @@ def load_settings(
 
 def _check(data: dict[str, Any], cfg: Path) -> None:
     b = data["budget"]
-    for key in ("default_epsilon", "default_delta"):
+    for key in ("default_epsilon", "default_delta", "dataset_epsilon", "dataset_delta"):
         v = b.get(key)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or v != v or v == float("inf"):
             raise ConfigError(f"budget.{key} in {cfg} must be a finite number >= 0, not {v!r}.")
     if b.get("composition") not in ("basic", "rdp"):
         raise ConfigError(f"budget.composition in {cfg} must be \"basic\" or \"rdp\", not {b.get('composition')!r}.")
+    from pandacead.ledger.policy import policy_for
+
+    if not isinstance(data.get("datasets"), dict):
+        raise ConfigError(f"datasets in {cfg} must be a table of [datasets.NAME] tables.")
+    for name, spec in data["datasets"].items():
+        if isinstance(spec, dict):
+            try:
+                policy_for(name, spec, float(b["dataset_epsilon"]), float(b["dataset_delta"]))
+            except ValueError as exc:
+                raise ConfigError(f"{exc} (in {cfg}).") from None
     d = data["daemon"]
     if not isinstance(d.get("workers"), int) or d["workers"] < 1:
         raise ConfigError(f"daemon.workers in {cfg} must be an integer >= 1.")

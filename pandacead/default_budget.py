@@ -1,4 +1,10 @@
-"""Built-in budget check: a quick look at the ledger before the (authoritative) atomic reservation."""
+"""Built-in budget check: a quick look at the ledger before the (authoritative) atomic reservation.
+
+The reservation (`Ledger.reserve`) is what decides: in one transaction it
+charges the paying account and the dataset the job touches (a private
+dataset's budget of 0 admits nothing; public datasets need none). This check
+only refuses early what never fits the account.
+"""
 
 from __future__ import annotations
 

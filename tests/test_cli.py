@@ -21,7 +21,7 @@ def test_help_imports_no_heavy_library():
 
 
 def test_budget_show_human_and_json(home):
-    assert cli(home, "budget", "set", "alice", "4", "--delta", "1e-4").returncode == 0
+    assert cli(home, "budget", "set", "alice", "4", "--delta", "1e-4", "--create").returncode == 0
     drop(home, "a.json", job("a", epsilon=1.5))
     run_once(home)
     human = cli(home, "budget", "show").stdout.decode()
@@ -39,7 +39,7 @@ def test_budget_show_human_and_json(home):
 def test_budget_reset_and_history_are_audited(home):
     drop(home, "a.json", job("a"))
     run_once(home)
-    assert cli(home, "budget", "reset", "alice").returncode == 0
+    assert cli(home, "budget", "reset", "alice", "--yes").returncode == 0
     assert json.loads(cli(home, "budget", "show", "alice", "--json").stdout)["epsilon_spent"] == 0
     hist = json.loads(cli(home, "budget", "history", "alice", "--json").stdout)
     assert [s["job_id"] for s in hist["spends"]] == ["a"]

@@ -57,7 +57,7 @@ def test_model_is_safetensors_and_loads(home):
 
 
 def test_user_whose_budget_fits_two_jobs_gets_exactly_two(home):
-    assert cli(home, "budget", "set", "dave", "2.5").returncode == 0
+    assert cli(home, "budget", "set", "dave", "2.5", "--create").returncode == 0
     for i in range(5):
         drop(home, f"d{i}.json", job(f"d{i}", "dave", epsilon=1.0))
     run_once(home)
@@ -130,7 +130,7 @@ def test_special_files_are_never_opened_and_get_reports(home, tmp_path):
 
 def test_two_daemons_on_one_home_never_overspend_or_double_process(tmp_path, daemon_factory):
     home = make_home(tmp_path / "h", workers=2)
-    cli(home, "budget", "set", "eve", "7")
+    cli(home, "budget", "set", "eve", "7", "--create")
     d1, d2 = daemon_factory(home), daemon_factory(home)
     time.sleep(1.0)
     for i in range(40):

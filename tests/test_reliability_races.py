@@ -48,7 +48,7 @@ def _total_rows(home: Path) -> int:
 
 def test_three_daemons_and_admin_cli_on_a_fixed_budget_admit_exactly_floor(tmp_path, daemon_factory):
     home = make_home(tmp_path / "h", workers=2, extra="\n[trainer.options]\nmock_delay = 0.05\n")
-    assert cli(home, "budget", "set", "eve", "7.5").returncode == 0
+    assert cli(home, "budget", "set", "eve", "7.5", "--create").returncode == 0
     daemons = [daemon_factory(home, **FAST) for _ in range(3)]
     wait_for(lambda: all(" started: " in d.output() for d in daemons), timeout=60)
     stop = threading.Event()
@@ -57,8 +57,8 @@ def test_three_daemons_and_admin_cli_on_a_fixed_budget_admit_exactly_floor(tmp_p
         threading.Thread(target=_admin_loop, args=(home, stop, cmds, admin_log), daemon=True)
         for cmds in (
             [["set", "eve", "7.5"], ["show", "eve", "--json"]],  # writes eve's row, changes nothing
-            [["set", "xavier", "3"], ["reset", "xavier"], ["set", "xavier", "5", "--delta", "0.001"]],
-            [["show", "--json"], ["reset", "yolanda"], ["history", "eve", "--json"]],
+            [["set", "xavier", "3", "--create"], ["reset", "xavier", "--yes"], ["set", "xavier", "5", "--delta", "0.001"]],
+            [["show", "--json"], ["reset", "yolanda", "--yes", "--create"], ["history", "eve", "--json"]],
         )
     ]
     def hammer() -> None:  # in-process admin writes on eve's row, ~100 transactions a second
@@ -116,7 +116,7 @@ def test_three_daemons_and_admin_cli_on_a_fixed_budget_admit_exactly_floor(tmp_p
 
 def test_budget_set_and_reset_while_jobs_reserve_lose_no_update(tmp_path, daemon_factory):
     home = make_home(tmp_path / "h", workers=2)
-    assert cli(home, "budget", "set", "ray", "3").returncode == 0
+    assert cli(home, "budget", "set", "ray", "3", "--create").returncode == 0
     daemons = [daemon_factory(home, **FAST) for _ in range(2)]
     wait_for(lambda: all(" started: " in d.output() for d in daemons), timeout=60)
     stop = threading.Event()
@@ -124,7 +124,7 @@ def test_budget_set_and_reset_while_jobs_reserve_lose_no_update(tmp_path, daemon
     admins = [
         threading.Thread(target=_admin_loop, args=(home, stop, cmds, admin_log), daemon=True)
         for cmds in (
-            [["reset", "ray"], ["show", "ray", "--json"]],
+            [["reset", "ray", "--yes"], ["show", "ray", "--json"]],
             [["set", "ray", "4"], ["set", "ray", "2.5"], ["set", "ray", "3", "--delta", "0.002"]],
         )
     ]
