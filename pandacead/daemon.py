@@ -47,9 +47,9 @@ class _Events:
         path = getattr(event, "dest_path", "") or event.src_path
         p = Path(path if isinstance(path, str) else path.decode())
         name = p.name
-        if self.root is not None and p.parent != self.root and p.parent.parent == self.root:
-            if not is_candidate(name):
-                return
+        if self.root is not None and p.parent != self.root:
+            if p.parent.parent != self.root or not is_candidate(name):
+                return  # deeper than a buyer inbox: nothing the scan takes
             name = f"{p.parent.name}/{name}"
         self.note(name, event.event_type in ("closed", "moved"))
 

@@ -23,11 +23,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import cli, env_for, job, ledger, make_home, run_once, wait_for
 
 from pandacead.accounting import curve_to_json, gaussian_noise_for, subsampled_gaussian_rdp
 from pandacead.errors import JobRejected
 from pandacead.ledger import DatasetPolicy, Ledger
-from conftest import cli, env_for, job, ledger, make_home, run_once, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
