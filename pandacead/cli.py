@@ -153,8 +153,12 @@ def run(home: str | None, once: bool, verbose: bool) -> None:
 @click.option("--wait", is_flag=True, help="Wait for the outcome and print it; exit 1 unless it succeeded.")
 @click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds --wait waits.")
 @click.option("--json", "as_json", is_flag=True, help="With --wait: print the outcome as JSON.")
-def submit(job_file: str, home: str | None, wait: bool, timeout: float, as_json: bool) -> None:
-    """Validate JOB_FILE and drop it into the inbox atomically (temp file, then rename)."""
+@click.option("--account", help="Drop it into this buyer's inbox (inbox/ACCOUNT/); its outcome is in outbox/ACCOUNT/.")
+def submit(job_file: str, home: str | None, wait: bool, timeout: float, as_json: bool, account: str | None) -> None:
+    """Validate JOB_FILE and drop it into the inbox atomically (temp file, then rename).
+
+    With --account the job goes to that buyer's inbox and pays with that account.
+    """
     from pandacead.artifacts import ERROR_SUFFIX, publish
     from pandacead.errors import JobRejected
     from pandacead.jobs import parse_job
@@ -162,29 +166,38 @@ def submit(job_file: str, home: str | None, wait: bool, timeout: float, as_json:
     s = _settings(home)
     data = sys.stdin.buffer.read() if job_file == "-" else Path(job_file).read_bytes()
     try:
-        job = parse_job(data)
+        job = parse_job(data, default_user=account)
     except JobRejected as exc:
         raise click.ClickException(f"{job_file}: {exc.message} " + "; ".join(exc.details[1:3])) from None
     if not s.inbox.is_dir():
         raise ConfigError(f"The inbox {s.inbox} does not exist; run `pandacead init --home {s.home}`.")
-    target = s.inbox / f"{job.job_id}.json"
+    inbox, outbox = s.inbox, s.outbox
+    if account is not None:
+        inbox, outbox = s.inbox / account, s.outbox / account
+        if not inbox.is_dir():
+            raise click.ClickException(f"There is no buyer inbox {inbox}; the admin creates it with"
+                                       f" `pandacead buyers add {account}`.")
+        if job.user_id != account:
+            raise click.ClickException(f"{job_file} names user_id {job.user_id!r}; in {inbox} it can only pay"
+                                       f" with {account}.")
+    target = inbox / f"{job.job_id}.json"
     n = 1
     while target.exists():
-        target = s.inbox / f"{job.job_id}~{n}.json"
+        target = inbox / f"{job.job_id}~{n}.json"
         n += 1
     started = time.time()
     publish(target, data, mode=0o644)
     if not wait:
         click.echo(f"submitted {job.job_id} as {target}")
         return
-    art, err = s.outbox / f"{job.job_id}.json", s.outbox / f"{job.job_id}{ERROR_SUFFIX}"
+    art, err = outbox / f"{job.job_id}.json", outbox / f"{job.job_id}{ERROR_SUFFIX}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for path, ok in ((art, True), (err, False)):
             try:
                 if path.stat().st_mtime >= started - 1 and not target.exists():
                     outcome = json.loads(path.read_text("utf-8"))
-                    if ok and not (s.outbox / f"{job.job_id}.dsse.json").exists():
+                    if ok and not (outbox / f"{job.job_id}.dsse.json").exists():
                         continue
                     if as_json:
                         _emit_json(outcome if not ok else {k: v for k, v in outcome.items() if k != "model"})

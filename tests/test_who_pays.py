@@ -586,4 +586,21 @@ def test_buyers_add_refuses_bad_names_and_remove_keeps_the_outbox(tmp_path):
     assert cli(home, "buyers", "remove", "gone").returncode == 0
     assert not (home / "inbox" / "gone").exists() and (home / "outbox" / "gone").is_dir()
     assert cli(home, "buyers", "remove", "never").returncode == 1
-    assert sys.executable  # (the CLI ran in a subprocess with this interpreter)
+
+
+def test_submit_into_a_buyers_inbox_pays_with_that_account(tmp_path):
+    home = make_home(tmp_path / "h")
+    add_buyer(home, "sub")
+    j = job("via-submit", "sub")
+    del j["user_id"]
+    (tmp_path / "j.json").write_text(json.dumps(j))
+    r = cli(home, "submit", str(tmp_path / "j.json"), "--account", "sub")
+    assert r.returncode == 0 and (home / "inbox" / "sub" / "via-submit.json").exists(), r.stderr.decode()
+    (tmp_path / "k.json").write_text(json.dumps(job("other", "someone-else")))
+    r = cli(home, "submit", str(tmp_path / "k.json"), "--account", "sub")
+    assert r.returncode == 1 and "can only pay with sub" in r.stderr.decode()
+    assert run_once(home).returncode == 0
+    art = json.loads((home / "outbox" / "sub" / "via-submit.json").read_text())
+    assert art["user_id"] == "sub"
+    shown = json.loads(cli(home, "jobs", "show", "via-submit", "--json").stdout)
+    assert shown["scope"] == "sub" and shown["dataset"] == "synthetic" and shown["status"] == "succeeded"
