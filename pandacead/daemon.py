@@ -220,8 +220,10 @@ class Daemon:
         """
         inbox = self.settings.inbox
         out: list[tuple[str, str | None, Path, Any]] = [(e.name, None, inbox, e) for e in scan(inbox)]
-        for account, d in buyer_inboxes(inbox):
+        buyers = buyer_inboxes(inbox)
+        for account, d in buyers:
             out.extend((f"{account}/{e.name}", account, d, e) for e in scan(d))
+        self._watch_buyers([d for _, d in buyers])
         return out
 
     def _wait_time(self) -> float:
@@ -246,15 +248,32 @@ class Daemon:
         _shorten_move_pairing()
         observer = Observer()
         watchdog_handler: Any = handler  # duck-typed: watchdog only calls dispatch()
-        # Recursive: buyer inboxes are inbox/<account>/ (events only nudge; the scan decides).
-        observer.schedule(watchdog_handler, str(self.settings.inbox), recursive=True)
+        # Not recursive (a hostile inbox may hold symlinks to directories): each buyer inbox
+        # gets its own watch when a scan first finds it (`_watch_buyers`).
+        observer.schedule(watchdog_handler, str(self.settings.inbox), recursive=False)
         observer.daemon = True
         try:
             observer.start()
         except OSError as exc:
             log.warning("cannot watch %s (%s); relying on periodic scans", self.settings.inbox, exc)
             return None
+        self._observer = observer
         return observer
+
+    def _watch_buyers(self, dirs: list[Path]) -> None:
+        """Watch buyer inboxes the observer does not watch yet (best effort: the scan finds files anyway)."""
+        observer = getattr(self, "_observer", None)
+        if observer is None:
+            return
+        watched: set[Path] = self.__dict__.setdefault("_watched", set())
+        for d in dirs:
+            if d in watched:
+                continue
+            watched.add(d)
+            try:
+                observer.schedule(self.events, str(d), recursive=False)
+            except Exception as exc:
+                log.warning("cannot watch %s (%s); relying on periodic scans", d, exc)
 
     def _capacity(self) -> int:
         return int(self.settings.daemon.get("workers", 1)) - len(self.in_flight)

@@ -116,9 +116,15 @@ class Pipeline:
 
     def ledger(self) -> Ledger:
         led = getattr(self._local, "ledger", None)
+        if led is not None and getattr(self._local, "ledger_settings", None) is not self.settings:
+            # SIGHUP reloaded the configuration: datasets' budgets and defaults may have changed.
+            with contextlib.suppress(Exception):
+                led.close()
+            led = None
         if led is None:
             led = Ledger.from_settings(self.settings, actor=f"daemon:{self.owner}")
             self._local.ledger = led
+            self._local.ledger_settings = self.settings
         return led
 
     def job_context(self, job: Job) -> TrainerContext:
