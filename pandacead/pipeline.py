@@ -450,7 +450,8 @@ class Pipeline:
             self.check_budget(job, plan)
             self._require_outbox(job.job_id)
             row_id = led.reserve(job.job_id, job.user_id, plan, trainer.name, owner=fname, file=fname,
-                                 dataset=job.dataset, scope=scope, create_account=not scope)
+                                 dataset=job.dataset, scope=scope, create_account=not scope,
+                                 public=getattr(self.ctx.datasets.get(job.dataset), "public", None))
             faults.point("reserved")
             log.info(
                 "job %s reserved ε=%.6g δ=%.3g on %s (σ=%s, q=%s, steps=%s)", job.job_id, plan.epsilon,

@@ -302,6 +302,7 @@ def test_datasets_show_under_rdp_spent_is_certified_and_within_budget(tmp_path, 
     assert shown["composition"] == "rdp" and shown["jobs"] == n >= 3
     assert shown["epsilon_spent"] <= 3.0 * (1 + 1e-9)
     assert shown["basic_epsilon_spent"] == pytest.approx(float(n))
+    print("FIGURES who-pays-rdp", json.dumps({"admitted": n, "certified_epsilon": shown["epsilon_spent"]}))
 
 
 # -- real unix permissions ----------------------------------------------------------------

@@ -485,7 +485,7 @@ class Ledger:
     def reserve(
         self, job_id: str, user_id: str, plan: Any, backend: str, owner: str | None = None,
         file: str | None = None, *, dataset: str | None = None, scope: str = "",
-        create_account: bool = True,
+        create_account: bool = True, public: bool | None = None,
     ) -> int:
         """Reserve the plan's (ε, δ) for a job, or raise JobRejected (replay, over budget).
 
@@ -496,6 +496,8 @@ class Ledger:
         in): the replay key is (scope, job_id). An account that does not
         exist yet is created with the default allowance only when
         `create_account` (the admin's inbox); a buyer's must exist.
+        `public`: what the trainer context says of the dataset (`DatasetInfo.public`);
+        the dataset is treated as public only if both it and the configuration say so.
         In the same transaction a `jobs` row in state running is created; its id is returned.
         """
         eps, delta = float(plan.epsilon), float(plan.delta)
@@ -526,6 +528,8 @@ class Ledger:
                 raise JobRejected(reason, [f"budget: {reason}"])
             if dataset is not None:
                 ds = self._sync_dataset(self.policy(dataset))
+                if public is False:
+                    ds = {**ds, "public": False}  # fail closed when the two disagree
                 reason = self._dataset_problem(ds, job_id, eps, delta, curve)
                 if reason:
                     raise JobRejected(reason, [f"budget: dataset {dataset}'s budget does not fit this job"])
