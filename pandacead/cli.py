@@ -277,7 +277,7 @@ BUDGET_COLUMNS = [
 
 @cli.group()
 def budget() -> None:
-    """Show and manage users' privacy budgets (ε, δ) in the ledger."""
+    """Show and manage privacy budgets (ε, δ): accounts' allowances and datasets' budgets (--dataset)."""
 
 
 @budget.command("show")
@@ -408,7 +408,7 @@ def budget_reset(
             if as_json:
                 _emit_json(d)
             else:
-                click.echo(f"dataset {dataset}: spent reset to 0; ε budget {d['epsilon_budget']:g}")
+                click.echo(f"dataset {dataset}: spent reset to 0; ε budget {_cell(d['epsilon_budget'])}")
             return
         assert user is not None
         b = led.reset(user, create=create)

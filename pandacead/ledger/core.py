@@ -835,8 +835,8 @@ class Ledger:
     def dataset_summary(self, name: str) -> dict[str, Any]:
         """`datasets show` / `budget show --dataset`: budget, spent, reserved and remaining under the active mode.
 
-        For a public dataset the budget is not enforced: `epsilon_remaining` is None,
-        spent and reserved are still reported (what buyers paid with their allowances).
+        For a public dataset no budget applies: `epsilon_budget`, `delta_budget` and
+        `epsilon_remaining` are None; spent and reserved are still reported (what buyers paid with their allowances).
         """
         ds = self._dataset_view(self.policy(name))
         spends = self._accounting_spends(dataset=ds)
@@ -858,11 +858,11 @@ class Ledger:
             "public": ds["public"],
             "configured": ds["configured"],
             "composition": self.composition,
-            "epsilon_budget": ds["epsilon_budget"],
+            "epsilon_budget": None if ds["public"] else ds["epsilon_budget"],
             "epsilon_spent": s.epsilon_spent,
             "epsilon_reserved": s.epsilon_reserved,
             "epsilon_remaining": None if ds["public"] else s.epsilon_remaining,
-            "delta_budget": ds["delta_budget"],
+            "delta_budget": None if ds["public"] else ds["delta_budget"],
             "delta_spent": s.delta_spent,
             "delta_reserved": s.delta_reserved,
             "basic_epsilon_spent": s.basic_epsilon_spent,
@@ -884,6 +884,8 @@ class Ledger:
                 raise ValueError("δ budget must be below 1")
         if not create and not self.dataset_exists(name):
             raise ValueError(f"dataset {name} is not registered on this host (pass --create to add it to the ledger)")
+        if self.policy(name).public:
+            raise ValueError(f"dataset {name} is public: no dataset budget applies to it")
         with self.transaction() as conn:
             before = self._sync_dataset(self.policy(name))
             conn.execute(
