@@ -2,7 +2,10 @@
 
 It exercises the whole daemon path (budget, artifact, signing) and plays the
 role httpx's MockTransport plays in tests. Its model is a plain numpy
-logistic/linear regression: useful for plumbing, NOT differentially private.
+logistic/linear regression: useful for plumbing, NOT differentially private
+(`private = False`), so it only ever runs on data the earner declared public
+(the built-in `synthetic`): the pipeline refuses it on private data before
+planning, and its own `plan` refuses again.
 """
 
 from __future__ import annotations
@@ -15,15 +18,27 @@ from typing import Any
 from pandacead.errors import JobRejected
 from pandacead.hookspecs import hookimpl
 from pandacead.jobs import Job
-from pandacead.trainers import PrivacyPlan, Progress, TrainerContext, TrainResult
+from pandacead.trainers import DATA_LOADED, DatasetInfo, PrivacyPlan, Progress, TrainerContext, TrainResult
+
+
+def refuse_private(trainer: str, info: DatasetInfo, job_id: str) -> None:
+    """JobRejected unless `info` is public: a non-private trainer never touches private data."""
+    if not info.public:
+        raise JobRejected(
+            f"Job {job_id} asks for backend {trainer!r}, which is not differentially private, on dataset"
+            f" {info.name!r}, which is private; only a DP backend may train on it.",
+            [f"backend: {trainer!r} is not private and dataset {info.name!r} is not declared public"],
+        )
 
 
 class MockTrainer:
     name = "mock"
     isolated = False
+    private = False
 
     def plan(self, job: Job, ctx: TrainerContext) -> PrivacyPlan:
         info = ctx.dataset(job)
+        refuse_private(self.name, info, job.job_id)
         n = info.n_train
         if job.dp.delta >= 1.0 / n:
             raise JobRejected(
@@ -47,7 +62,9 @@ class MockTrainer:
         from pandacead import datasets
 
         info = ctx.dataset(job)
+        refuse_private(self.name, info, job.job_id)
         base = ctx.options.get("home", ".")
+        progress(dict(DATA_LOADED))
         X, y, Xt, yt = datasets.load(info, base)
         rng = np.random.default_rng(job.seed)
         d = X.shape[1]
@@ -107,7 +124,7 @@ class MockTrainer:
             accuracy=accuracy,
             metrics=metrics,
             training_params={"architecture": arch, "mechanism": "mock (not private)"},
-            provenance={"dataset_digest": info.digest, "versions": {"numpy": np.__version__}},
+            provenance={"dataset_version": info.commitment, "versions": {"numpy": np.__version__}},
         )
 
 
