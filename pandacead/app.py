@@ -81,7 +81,8 @@ def build_context(settings: Settings, key: bytes | None = None) -> TrainerContex
         grad_sample_mode=str(t.get("grad_sample_mode", "auto")),
         secure_mode=bool(t.get("secure_mode", False)),
         max_steps=int(t.get("max_steps", 200_000)),
-        options={"home": str(settings.home), "dataset_errors": errors, **(t.get("options") or {})},
+        options={"home": str(settings.home), "dataset_errors": errors,
+                 "timeout_seconds": float(t.get("timeout_seconds", 900)), **(t.get("options") or {})},
     )
 
 

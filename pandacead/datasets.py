@@ -610,7 +610,10 @@ def load(
         y = np.asarray(y, dtype=np.int64)
     else:
         y = np.asarray(y, dtype=np.float32)
-    train_idx, test_idx = split_indices(info.n_rows, info.holdout_fraction, info.split_seed)
+    seed = info.split_seed
+    if seed is None and info.public:  # public data: a digest-seeded split reveals nothing
+        seed = int.from_bytes(hashlib.sha256(info.digest.encode()).digest()[:8], "big") >> 1
+    train_idx, test_idx = split_indices(info.n_rows, info.holdout_fraction, seed)
     if len(train_idx) != info.n_train:  # pragma: no cover - same formula as DatasetInfo
         raise JobFailed(f"Dataset {name!r}: split size {len(train_idx)} != n_train {info.n_train}.")
     return (

@@ -257,7 +257,7 @@ def test_noise_multiplier_from_the_job(tmp_path):
         ({"dp": {"delta": 5e-3}}, {"n_rows": 500}, "below 1/n"),
         ({"dp": {"epsilon": 1e-4}}, {}, "too small"),
         ({"model": dataclasses.replace(make_job().model, type="mlp", hidden=(8,))}, {}, "linear"),
-        ({"dataset": "nope"}, {}, "not registered"),
+        ({"dataset": "nope"}, {}, "not offered"),
         ({"task": "regression"}, {}, "is for classification"),
     ],
 )
