@@ -18,17 +18,14 @@ from typing import Any
 from pandacead.errors import JobRejected
 from pandacead.hookspecs import hookimpl
 from pandacead.jobs import Job
-from pandacead.trainers import DATA_LOADED, DatasetInfo, PrivacyPlan, Progress, TrainerContext, TrainResult
-
-
-def refuse_private(trainer: str, info: DatasetInfo, job_id: str) -> None:
-    """JobRejected unless `info` is public: a non-private trainer never touches private data."""
-    if not info.public:
-        raise JobRejected(
-            f"Job {job_id} asks for backend {trainer!r}, which is not differentially private, on dataset"
-            f" {info.name!r}, which is private; only a DP backend may train on it.",
-            [f"backend: {trainer!r} is not private and dataset {info.name!r} is not declared public"],
-        )
+from pandacead.trainers import (
+    DATA_LOADED,
+    PrivacyPlan,
+    Progress,
+    TrainerContext,
+    TrainResult,
+    may_train_on,
+)
 
 
 class MockTrainer:
@@ -38,7 +35,7 @@ class MockTrainer:
 
     def plan(self, job: Job, ctx: TrainerContext) -> PrivacyPlan:
         info = ctx.dataset(job)
-        refuse_private(self.name, info, job.job_id)
+        may_train_on(self, info, job.job_id)
         n = info.n_train
         if job.dp.delta >= 1.0 / n:
             raise JobRejected(
@@ -62,7 +59,7 @@ class MockTrainer:
         from pandacead import datasets
 
         info = ctx.dataset(job)
-        refuse_private(self.name, info, job.job_id)
+        may_train_on(self, info, job.job_id)
         base = ctx.options.get("home", ".")
         progress(dict(DATA_LOADED))
         X, y, Xt, yt = datasets.load(info, base)

@@ -32,8 +32,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import hashlib
-import hmac
 import json
 import logging
 import math
@@ -66,7 +64,7 @@ from pandacead.jobs import Job, job_id_hint, parse_job, parse_json
 from pandacead.ledger import SLACK, Ledger
 from pandacead.signing import envelope, envelope_payload, statement
 from pandacead.spool import Oversized, SpecialFile, original_name, read_job_file
-from pandacead.trainers import DatasetInfo, PrivacyPlan, TrainerContext, TrainResult, is_private
+from pandacead.trainers import PrivacyPlan, TrainerContext, TrainResult, may_train_on, noise_seed
 
 log = logging.getLogger("pandacead.job")
 
@@ -149,8 +147,7 @@ class Pipeline:
         """
         if not self.noise_key:
             return self.ctx
-        mac = hmac.new(self.noise_key, f"{job.job_id}\0{job.seed}".encode(), hashlib.sha256).digest()
-        seed = int.from_bytes(mac[:8], "big") >> 1
+        seed = noise_seed(self.noise_key, job.job_id, job.seed)
         return dataclasses.replace(self.ctx, options={**self.ctx.options, "noise_seed": seed})
 
     def _trainer_call(self, trainer: Any, op: str, job: Job, plan: PrivacyPlan | None, progress: Any) -> Any:
@@ -235,15 +232,9 @@ class Pipeline:
         if name not in trainers:
             raise JobRejected(f"Backend {name!r} is not available on this host.", [f"backend: {name!r}"])
         trainer = trainers[name]
-        info = self.ctx.datasets.get(job.dataset)
-        if not is_private(trainer) and (info is None or not info.public):
-            # Whatever chose it (the job, the config default, MOCK_DP, a selection plugin):
-            # a trainer whose outputs are not DP never touches data not declared public.
-            raise JobRejected(
-                f"Job {job.job_id} asks for backend {name!r}, which is not differentially private, on dataset"
-                f" {job.dataset!r}, which is not declared public; only a DP backend may train on it.",
-                [f"backend: {name!r} is not private; dataset {job.dataset!r} is private or unknown"],
-            )
+        # Whatever chose it (the job, the config default, MOCK_DP, a selection plugin):
+        # a trainer whose outputs are not DP never touches data not declared public.
+        may_train_on(trainer, self.ctx.datasets.get(job.dataset), job.job_id)
         return trainer
 
     def precheck(self, job: Job) -> None:

@@ -21,6 +21,8 @@ never imports them. Everything crossing the process boundary is JSON.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,6 +40,29 @@ DATA_LOADED: dict[str, Any] = {"stage": "data_loaded"}
 def is_private(trainer: Any) -> bool:
     """Whether a trainer declares all its outputs DP (missing attribute: not private)."""
     return getattr(trainer, "private", False) is True
+
+
+def may_train_on(trainer: Any, info: DatasetInfo | None, job_id: str) -> None:
+    """JobRejected unless `trainer` may see the data of `info`: non-private trainers only public data."""
+    if is_private(trainer) or (info is not None and info.public):
+        return
+    name = getattr(trainer, "name", "?")
+    dataset = info.name if info is not None else "?"
+    raise JobRejected(
+        f"Job {job_id} asks for backend {name!r}, which is not differentially private, on dataset"
+        f" {dataset!r}, which is not declared public; only a DP backend may train on it.",
+        [f"backend: {name!r} is not private; dataset {dataset!r} is private or unknown"],
+    )
+
+
+def noise_seed(key: bytes, job_id: str, seed: int) -> int:
+    """The per-job secret seed of DP noise and sampling: HMAC(host noise key, job_id, seed).
+
+    Unique per job (job ids are never reused), reproducible on the host (crash
+    recovery retrains identically), unknown to the buyer who chose `seed`.
+    """
+    mac = hmac.new(key, f"{job_id}\0{seed}".encode(), hashlib.sha256).digest()
+    return int.from_bytes(mac[:8], "big") >> 1
 
 
 @dataclass(frozen=True)
@@ -86,8 +111,8 @@ class DatasetInfo:
         n = self.public_n_train
         if n is None or n < 1:
             raise JobRejected(
-                f"Dataset {self.name!r} is private and declares no public row count, which DP-SGD's sample"
-                f" rate and noise need; the earner sets `rows = <count>` in [datasets.{self.name}].",
+                f"Dataset {self.name!r} is private and declares no public row count, which planning needs"
+                f" (sample rate, noise, δ < 1/n); the earner sets `rows = <count>` in [datasets.{self.name}].",
                 [f"datasets.{self.name}.rows: not declared"],
             )
         return n

@@ -15,7 +15,14 @@ from typing import Any
 
 from pandacead.errors import JobFailed, JobRejected
 from pandacead.jobs import Job
-from pandacead.trainers import DATA_LOADED, DatasetInfo, PrivacyPlan, Progress, TrainerContext, TrainResult
+from pandacead.trainers import (
+    DATA_LOADED,
+    DatasetInfo,
+    PrivacyPlan,
+    Progress,
+    TrainerContext,
+    TrainResult,
+)
 
 from . import models
 from .privacy import ACCOUNTANTS, RDP_ORDERS
