@@ -99,6 +99,8 @@ key = "state/keys/ed25519.pem"
 # path = "data/patients.csv"
 # label = "outcome"
 # task = "classification" # or "regression"
+# rows = 5000             # the PUBLIC row count DP-SGD plans with (the true count stays private)
+# public = false          # data is private unless declared public (docs/privacy.md)
 """
 
 

@@ -234,7 +234,7 @@ class Pipeline:
         trainer = trainers[name]
         # Whatever chose it (the job, the config default, MOCK_DP, a selection plugin):
         # a trainer whose outputs are not DP never touches data not declared public.
-        may_train_on(trainer, self.ctx.datasets.get(job.dataset), job.job_id)
+        may_train_on(trainer, self.ctx.datasets.get(job.dataset), job.job_id, job.dataset)
         return trainer
 
     def precheck(self, job: Job) -> None:

@@ -42,12 +42,13 @@ def is_private(trainer: Any) -> bool:
     return getattr(trainer, "private", False) is True
 
 
-def may_train_on(trainer: Any, info: DatasetInfo | None, job_id: str) -> None:
-    """JobRejected unless `trainer` may see the data of `info`: non-private trainers only public data."""
+def may_train_on(trainer: Any, info: DatasetInfo | None, job_id: str, dataset: str | None = None) -> None:
+    """JobRejected unless `trainer` may see the data of `info` (None: unknown dataset `dataset`):
+    a non-private trainer only data declared public. Same sentence for private and unknown data."""
     if is_private(trainer) or (info is not None and info.public):
         return
     name = getattr(trainer, "name", "?")
-    dataset = info.name if info is not None else "?"
+    dataset = info.name if info is not None else (dataset or "?")
     raise JobRejected(
         f"Job {job_id} asks for backend {name!r}, which is not differentially private, on dataset"
         f" {dataset!r}, which is not declared public; only a DP backend may train on it.",
