@@ -332,3 +332,38 @@ def test_a_job_that_cannot_finish_in_time_is_refused_before_planning(tmp_path):
     rep = report(home, "long")
     assert rep["status"] == "rejected" and "timeout" in rep["error"] and "192000" in rep["error"], rep
     assert_uncharged(home, "long")
+
+
+# --------------------------------------------------------------------------- the plugin contract
+
+
+def test_the_contract_catches_noise_from_the_buyer_seed_and_unannounced_reads(tmp_path):
+    """pandacead.testing makes the secret seed unavoidable for third-party trainers."""
+    pytest.importorskip("pandacead_nss")
+    from pandacead_nss.trainer import NSSTrainer
+
+    from pandacead.testing import check_private_data_gate, check_trainer, make_context, make_job
+
+    class SeedNoise(NSSTrainer):  # the bug nss had: noise from job.seed
+        def _rng(self, job, ctx):
+            return np.random.default_rng(job.seed)
+
+    class Silent(NSSTrainer):  # reads data without telling the daemon
+        def train(self, job, plan, ctx, progress):
+            return super().train(job, plan, ctx, lambda e: None if e.get("stage") else progress(e))
+
+    class Unmarked(NSSTrainer):
+        private = None
+
+    ctx = make_context(tmp_path, ["synthetic"])
+    job = make_job(backend="nss", dp={"epsilon": 1.0, "delta": 1e-5})
+    check_trainer(NSSTrainer(), job, ctx)  # the real one keeps the contract
+    with pytest.raises(AssertionError, match="noise_seed"):
+        check_trainer(SeedNoise(), job, ctx)
+    with pytest.raises(AssertionError, match="data_loaded"):
+        check_trainer(Silent(), job, ctx)
+    with pytest.raises(AssertionError, match="not a bool"):
+        check_private_data_gate(Unmarked(), ctx)
+    from pandacead.default_mock import MockTrainer
+
+    check_private_data_gate(MockTrainer(), ctx)  # non-private and refused on private data: passes
