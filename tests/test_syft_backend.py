@@ -185,7 +185,7 @@ def test_job_trains_end_to_end_on_the_private_asset(trainer, ctx, training_calls
     info = ctx.datasets["synthetic"]
     assert training_calls == [info.n_train]
     stages = [e["stage"] for e in events if "stage" in e]
-    assert stages == ["datasite", "dataset", "submitted", "approved"]
+    assert stages == ["datasite", "data_loaded", "dataset", "submitted", "approved"]
     epochs = [e for e in events if "epoch" in e]  # forwarded from training inside syft
     assert epochs and epochs[-1]["epoch"] == job.epochs
     assert all(e["epsilon"] <= plan.epsilon for e in epochs)
