@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
         "dataset_delta": 1e-3,
     },
     "trainer": {
-        "default_backend": "auto",  # "auto": opacus when installed, else mock
+        "default_backend": "auto",  # "auto": opacus when installed, else jobs are refused (never mock)
         "timeout_seconds": 900.0,
         "memory_limit_mb": 4096,
         "torch_threads": 1,
@@ -93,7 +93,7 @@ dataset_epsilon = 10.0  # 0: such a dataset admits nothing
 dataset_delta = 1e-3
 
 [trainer]
-default_backend = "auto"   # "auto": opacus when installed, else mock
+default_backend = "auto"   # "auto": opacus when installed, else refused (never mock)
 timeout_seconds = 900
 memory_limit_mb = 4096
 torch_threads = 1
@@ -112,7 +112,8 @@ key = "state/keys/ed25519.pem"
 # owner = "clinic-a"      # who the data belongs to (shown by `pandacead datasets`)
 # epsilon_budget = 3.0    # total ε over all buyers and jobs (default: [budget] dataset_epsilon)
 # delta_budget = 1e-5     # total δ (default: [budget] dataset_delta)
-# public = false          # true only for data that needs no privacy (then no budget applies)
+# rows = 5000             # the PUBLIC row count DP-SGD plans with (the true count stays private)
+# public = false          # data is private unless declared public (then no budget applies; docs/privacy.md)
 """
 
 
