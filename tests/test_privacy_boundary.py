@@ -297,7 +297,7 @@ def test_a_divergence_reported_by_the_worker_is_charged_with_its_one_sentence(tm
 
 def test_refusals_disclose_neither_budgets_nor_the_dataset_list(tmp_path):
     home, _ = private_home(tmp_path)
-    assert cli(home, "budget", "set", "bob", "0.37").returncode == 0
+    assert cli(home, "budget", "set", "bob", "0.37", "--create").returncode == 0
     drop(home, "unknown.json", job("unknown", dataset="secret-ds"))
     drop(home, "broke.json", job("broke", user_id="bob", epsilon=1.0))  # alice's inbox names bob
     assert run_once(home).returncode == 0

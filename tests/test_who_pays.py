@@ -170,6 +170,7 @@ task = "classification"
 owner = "clinic-a"
 epsilon_budget = 3.0
 delta_budget = 1e-3
+rows = 300
 
 [datasets.ward]
 kind = "csv"
@@ -178,6 +179,7 @@ label = "y"
 task = "classification"
 owner = "clinic-b"
 epsilon_budget = 3.0
+rows = 300
 """
 
 
