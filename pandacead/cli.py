@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from pandacead import __version__
+from pandacead.config import CONFIG_NAME
 from pandacead.errors import ConfigError
 
 HOME_HELP = "The pandacead home (config, inbox/, outbox/, state/). Default: $PANDACEAD_HOME, else the current directory."
@@ -111,14 +112,14 @@ def run(home: str | None, once: bool, verbose: bool) -> None:
     SIGTERM stops claiming, lets running jobs finish (or hands them back to the
     spool for the next start) and exits 0; SIGHUP reloads the configuration.
     """
-    from pandacead.app import ensure_home
-    from pandacead.daemon import Daemon
+    from pandacead.daemon import Daemon, install_early_signals
 
+    install_early_signals()  # a stop during start-up is a clean stop, not a death by SIGTERM
     _setup_logging(home, verbose)
     s = _settings(home)
-    if not s.ledger_path.exists():
-        for c in ensure_home(s):
-            click.echo(f"created {c}", err=True)
+    if not (s.home / CONFIG_NAME).is_file() or not s.ledger_path.exists():
+        # A mistyped --home must not quietly become a new home with a new signing key.
+        raise ConfigError(f"{s.home} is not a pandacead home; create it with `pandacead init --home {s.home}` first.")
     sys.exit(Daemon(s, once=once).run())
 
 

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,23 @@ from pandacead.spool import ClaimError, Spool, being_written, is_candidate, scan
 from pandacead.worker import WorkerPool
 
 log = logging.getLogger("pandacead.daemon")
+
+# A SIGTERM/SIGINT that arrives before the Daemon exists (while the CLI loads
+# settings and modules) is remembered here, so that it stops the daemon
+# cleanly instead of killing the process with the default action.
+_early_stop = threading.Event()
+
+
+def _early_term(signum: int, frame: Any) -> None:
+    _early_stop.set()
+
+
+def install_early_signals() -> None:
+    """Catch SIGTERM/SIGINT from the first moment `run` starts (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _early_term)
+        signal.signal(signal.SIGINT, _early_term)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before the daemon runs has nothing to reload
 
 
 class _Events:
@@ -92,6 +109,15 @@ class Daemon:
         self.claim_errors: dict[str, str] = {}
         self.outbox_blocked: str | None = None
         self._backlog: list[Path] = []
+        self.pool: WorkerPool | None = None
+        self.spool: Spool | None = None
+        self.executor: ThreadPoolExecutor | None = None
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_term)
+            signal.signal(signal.SIGINT, self._on_term)
+            signal.signal(signal.SIGHUP, self._on_hup)
+        if _early_stop.is_set():
+            self.stop_requested = True
 
     # -- signals --------------------------------------------------------------
 
@@ -112,37 +138,38 @@ class Daemon:
         s = self.settings
         if not s.ledger_path.exists() or not s.inbox.is_dir() or not s.outbox.is_dir():
             raise ConfigError(f"{s.home} is not a pandacead home (no ledger or inbox); run `pandacead init --home {s.home}`.")
-        self.notifier.status("starting: loading plugins, key and datasets")
-        app = App(s)
-        self.app = app
-        spool = Spool(s.spool)
-        spool.acquire()
-        self.spool = spool
-        workers = int(s.daemon.get("workers", 1))
-        pool = WorkerPool(
-            s.home, size=workers, max_jobs=int(s.trainer.get("worker_max_jobs", 50)),
-            warm=self._warm_request(app), warm_timeout=float(s.trainer.get("warm_timeout", 300)),
-        )
-        self.pool = pool
-        if pool.warm_request is not None:
-            pool.prewarm()  # in the background: the first job must not pay torch's imports
-        assert app.ctx is not None
-        pipeline = Pipeline(s, app.plugins, app.ctx, spool.owner, pool=pool, public_keys=app.public_keys,
-                        noise_key=app.noise_key)
-        self.pipeline = pipeline
-        pipeline.ledger()  # migrations done before READY
-        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
-        self.executor = executor
-        observer = self._start_observer()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_term)
-            signal.signal(signal.SIGINT, self._on_term)
-            signal.signal(signal.SIGHUP, self._on_hup)
-        log.info(
-            "pandacead daemon %s started: home %s, inbox %s, trainers %s",
-            spool.owner, s.home, s.inbox, ", ".join(sorted(app.plugins.trainers)),
-        )
+        observer = None
+        # Signals were installed in __init__; a stop requested during any start-up step is
+        # honoured after that step, and shutdown copes with whatever was started.
         try:
+            self.notifier.status("starting: loading plugins, key and datasets")
+            app = App(s)
+            self.app = app
+            spool = Spool(s.spool)
+            spool.acquire()
+            self.spool = spool
+            workers = int(s.daemon.get("workers", 1))
+            # `--once` does not warm workers: on an empty inbox there is nothing to warm them for,
+            # and a job starts its worker itself (the imports cost the same either way).
+            pool = WorkerPool(
+                s.home, size=workers, max_jobs=int(s.trainer.get("worker_max_jobs", 50)),
+                warm=None if self.once else self._warm_request(app),
+                warm_timeout=float(s.trainer.get("warm_timeout", 300)),
+            )
+            self.pool = pool
+            if pool.warm_request is not None and not self.stop_requested:
+                pool.prewarm()  # in the background: the first job must not pay torch's imports
+            assert app.ctx is not None
+            pipeline = Pipeline(s, app.plugins, app.ctx, spool.owner, pool=pool, public_keys=app.public_keys,
+                                noise_key=app.noise_key)
+            self.pipeline = pipeline
+            pipeline.ledger()  # migrations done before READY
+            self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
+            observer = self._start_observer()
+            log.info(
+                "pandacead daemon %s started: home %s, inbox %s, trainers %s",
+                spool.owner, s.home, s.inbox, ", ".join(sorted(app.plugins.trainers)),
+            )
             for tmp in stale_temp_files(s.outbox):
                 with contextlib.suppress(OSError):
                     tmp.unlink()
@@ -153,8 +180,9 @@ class Daemon:
             self._backlog = spool.pending()
             if self._backlog:
                 log.info("settling %d job file(s) left in the spool", len(self._backlog))
-            self._tick(first=True)
-            self.notifier.ready(status=self._status())
+            if not self.stop_requested:
+                self._tick(first=True)
+                self.notifier.ready(status=self._status())
             while not self.stop_requested:
                 self.notifier.watchdog()
                 if self.reload_requested:
@@ -164,7 +192,7 @@ class Daemon:
                     break
                 self.wake.wait(timeout=self._wait_time())
                 self.wake.clear()
-            if self.given_up:
+            if self.given_up and not self.stop_requested:
                 log.error(
                     "%d job file(s) could not be settled and stay in the spool for the next start: %s",
                     len(self.given_up), ", ".join(sorted(p.name for p in self.given_up)),
@@ -249,7 +277,7 @@ class Daemon:
             try:
                 self.outcomes.append(fut.result())
                 self.tries.pop(spooled, None)
-            except HandedBack:
+            except (HandedBack, CancelledError):
                 pass  # stopping: the file stays spooled and resumes at the next start
             except Deferred as exc:
                 self._defer(spooled, exc.message)
@@ -364,6 +392,7 @@ class Daemon:
         self.notifier.ready(status=self._status())
 
     def _shutdown(self, observer: Any) -> None:
+        """Stop whatever start-up got to: finish or hand back running jobs, stop workers, free the spool."""
         self.notifier.stopping(status="stopping: finishing in-flight jobs")
         if observer is not None:
             with contextlib.suppress(Exception):
@@ -371,16 +400,21 @@ class Daemon:
         deadline = time.monotonic() + float(self.settings.daemon.get("drain_timeout", 60.0))
         while self.in_flight and time.monotonic() < deadline:
             self.notifier.watchdog()
-            time.sleep(0.05)
+            self.wake.wait(timeout=0.05)
+            self.wake.clear()
             self._reap()
-        if self.in_flight:
-            log.warning("%d job(s) still running at shutdown; handing them back to the spool", len(self.in_flight))
-            self.pool.hand_back()
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.pool is not None and (self.in_flight or self.stop_requested):
+            if self.in_flight:
+                log.warning("%d job(s) still running at shutdown; handing them back to the spool", len(self.in_flight))
+            self.pool.hand_back()  # also cancels warm-ups in progress
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
         self._reap()
-        self.pool.close()
-        self.spool.release()
-        log.info("pandacead daemon %s stopped", self.spool.owner)
+        if self.pool is not None:
+            self.pool.close()
+        if self.spool is not None:
+            self.spool.release()
+            log.info("pandacead daemon %s stopped", self.spool.owner)
 
 
 def run(settings: Settings, once: bool = False) -> int:

@@ -59,6 +59,9 @@ from pandacead.trainers import PrivacyPlan, TrainerContext, TrainResult
 
 log = logging.getLogger("pandacead.job")
 
+#: The job row's `error` while a job handed back at a stop waits in the spool (not a failed attempt).
+HANDED_BACK = "handed back: the daemon stopped; it resumes at the next start"
+
 
 class Deferred(OSError):
     """The job cannot be settled now because of the host (outbox, disk, ledger), not the job.
@@ -422,6 +425,10 @@ class Pipeline:
             return self._fail(spooled, job, outcome_name, exc, trainer, row_id)
         except HandedBack:
             log.info("job %s handed back: the daemon is stopping; it resumes at the next start", outcome_name)
+            if row_id is not None:
+                # A graceful hand-back is no failed attempt: `_resume` does not count it (only crashes do).
+                with contextlib.suppress(Exception):
+                    led.job_event(job.job_id if job else outcome_name, "running", row_id=row_id, error=HANDED_BACK)
             raise
         except Deferred:
             raise
@@ -507,7 +514,13 @@ class Pipeline:
         except Deferred as exc:
             self._note_waiting(job, row_id, exc.reason)
             raise
-        attempts = led.bump_attempts(row_id)
+        if (prior.get("error") or "") == HANDED_BACK:
+            # The last run was handed back, not interrupted: no attempt spent. Clear the mark so that a
+            # crash of this run counts.
+            led.job_event(job.job_id, "running", row_id=row_id, error=None)
+            attempts = int(prior.get("attempts") or 0)
+        else:
+            attempts = led.bump_attempts(row_id)
         if attempts >= int(self.settings.daemon.get("max_attempts", 3)):
             last = prior.get("error") or ""
             if last.startswith("waiting: "):
@@ -519,7 +532,7 @@ class Pipeline:
         plan = self.plan(job, trainer)
         if plan.epsilon > spend["epsilon_reserved"] * (1 + SLACK) or plan.delta > spend["delta_reserved"] * (1 + SLACK):
             raise JobFailed(f"Job {job.job_id}: its plan changed since its reservation; it was not run again.")
-        log.info("job %s resumed after a crash (attempt %d)", job.job_id, attempts + 1, extra=extra)
+        log.info("job %s resumed (attempt %d)", job.job_id, attempts + 1, extra=extra)
         return self._train_and_publish(spooled, job, trainer, plan, row_id)
 
     def _fail(
