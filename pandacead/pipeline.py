@@ -59,6 +59,9 @@ from pandacead.trainers import PrivacyPlan, TrainerContext, TrainResult
 
 log = logging.getLogger("pandacead.job")
 
+#: Under the state directory: one directory per job that a trainer may checkpoint into
+#: (`pandacead_opacus.checkpoint`); removed by the pipeline when the job ends.
+CHECKPOINTS_DIR = "checkpoints"
 #: The job row's `error` while a job handed back at a stop waits in the spool (not a failed attempt).
 HANDED_BACK = "handed back: the daemon stopped; it resumes at the next start"
 
@@ -360,6 +363,11 @@ class Pipeline:
             ) from None
         return path
 
+    def drop_checkpoints(self, job_id: str) -> None:
+        """Remove state/checkpoints/<job_id>/, the scratch a trainer resumes a handed-back job from."""
+        if job_id and job_id[0].isalnum() and "/" not in job_id:
+            shutil.rmtree(self.settings.state / CHECKPOINTS_DIR / job_id, ignore_errors=True)
+
     def cleanup(self, spooled: Path, set_aside: bool = False) -> None:
         """Remove the claimed file (special files are moved to state/rejected/ instead)."""
         if set_aside:
@@ -462,6 +470,7 @@ class Pipeline:
         log.info("job %s committed ε=%.6g δ=%.3g for user %s", job.job_id, result.epsilon, result.delta,
                  job.user_id, extra=extra)
         self.record_final_progress()
+        self.drop_checkpoints(job.job_id)
         self.cleanup(spooled)
         out = Outcome(job.job_id, "succeeded", job.user_id, trainer.name, result.epsilon, artifact=path)
         self._notify(job, out)
@@ -495,6 +504,7 @@ class Pipeline:
             raise JobFailed(f"Job {job.job_id} lost its reservation during a crash; it was not run.")
         if spend["state"] == "committed":
             led.job_event(job.job_id, "succeeded", row_id=row_id, epsilon=spend["epsilon"])
+            self.drop_checkpoints(job.job_id)
             self.cleanup(spooled)
             return Outcome(job.job_id, "succeeded", job.user_id, spend["backend"], spend["epsilon"])
         if spend["state"] == "released":
@@ -505,6 +515,7 @@ class Pipeline:
             if art.get("user_id") == job.user_id and art.get("job_id") == job.job_id:
                 log.info("job %s recovered: its artifact was published before a crash", job.job_id, extra=extra)
                 self._commit(job, float(art["epsilon"]), float(art["dp"]["delta"]), row_id)
+                self.drop_checkpoints(job.job_id)
                 self.cleanup(spooled)
                 out = Outcome(job.job_id, "succeeded", job.user_id, spend["backend"], art["epsilon"], artifact=art_path)
                 self._notify(job, out)
@@ -565,6 +576,8 @@ class Pipeline:
                 errno.EBUSY,
             ) from None
         faults.point("error_recorded")
+        if job is not None and row_id is not None:  # this file's own job (not a replay of another's id)
+            self.drop_checkpoints(job.job_id)
         self.publish_error(job_id, exc.status, exc.message, exc.details, report)
         faults.point("error_published")
         log.warning("job %s %s: %s", job_id, exc.status, exc.message, extra=extra)

@@ -52,6 +52,9 @@ def fingerprint(job: dict[str, Any], plan: dict[str, Any], noise_seed: int) -> s
     import opacus
     import torch
 
+    # Timings in the plan's details (calibration_seconds) differ between two plannings of the same job.
+    details = {k: v for k, v in (plan.get("details") or {}).items() if not k.endswith("_seconds")}
+    plan = {**plan, "details": details}
     blob = json.dumps(
         {"format": FORMAT, "job": job, "plan": plan, "noise_seed": int(noise_seed),
          "torch": str(torch.__version__), "opacus": str(opacus.__version__)},

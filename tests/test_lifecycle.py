@@ -1,0 +1,193 @@
+"""The daemon's ordinary lifecycle: SIGTERM at any moment, `run --once` on an empty inbox, graceful
+restarts of a long job (resumed from its checkpoint, same model bytes), reloads.
+
+The stress tests are `slow`. Their sizes follow PANDACEAD_TEST_SIGTERMS (default 12, 50 when CI=true)
+and PANDACEAD_TEST_ONCE (default 30); PANDACEAD_TEST_SEED fixes the random moments.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DaemonProc, drop, job, ledger, make_home, run_once, wait_for
+from fuzz.invariants import check_settled_home, read_outbox, spool_files
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SEED = int(os.environ.get("PANDACEAD_TEST_SEED", "20261201"))
+# A dataset whose epochs take a noticeable time, so that a stop lands mid-training.
+LONG_DATA = """
+[datasets.long]
+kind = "synthetic"
+rows = 6000
+features = 10
+seed = 3
+"""
+
+
+def _sigterm_handled(pid: int) -> bool:
+    """True once the process has a SIGTERM handler (its SigCgt mask in /proc)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    except OSError:
+        pass
+    return False
+
+
+def _checkpoint_epoch(home: Path, job_id: str) -> int:
+    from safetensors import safe_open
+
+    path = home / "state" / "checkpoints" / job_id / "epoch.safetensors"
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return int(json.loads(fh.metadata()["pandacead.checkpoint"])["epoch"])
+    except Exception:
+        return 0
+
+
+def _no_traceback(text: str) -> None:
+    assert "Traceback" not in text, text[-4000:]
+
+
+# --------------------------------------------------------------------------- --once
+
+
+@pytest.mark.slow
+def test_run_once_on_an_empty_inbox_exits_0_every_time(tmp_path):
+    home = make_home(tmp_path / "h", backend="opacus")  # prewarm "auto" would warm opacus in a daemon
+    n = int(os.environ.get("PANDACEAD_TEST_ONCE", "30"))
+    for i in range(n):
+        r = run_once(home, timeout=120)
+        out = r.stdout.decode() + r.stderr.decode()
+        assert r.returncode == 0, f"run {i}: exit {r.returncode}\n{out[-3000:]}"
+        _no_traceback(out)
+        assert "SIGKILL" not in out
+
+
+def test_run_refuses_a_home_that_init_did_not_create(tmp_path):
+    from conftest import cli
+
+    missing = tmp_path / "typo"
+    r = cli(tmp_path, "run", "--once", "--home", str(missing))
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert "is not a pandacead home" in err and "pandacead init" in err and err.count("\n") == 1
+    assert not missing.exists()  # no new home, no new signing key
+
+
+# --------------------------------------------------------------------------- SIGTERM
+
+
+@pytest.mark.slow
+@pytest.mark.opacus
+def test_sigterm_at_random_moments_exits_0_and_every_job_ends_once(tmp_path):
+    pytest.importorskip("opacus")
+    n = int(os.environ.get("PANDACEAD_TEST_SIGTERMS", "50" if CI else "12"))
+    rng = random.Random(SEED)
+    home = make_home(tmp_path / "h", backend="opacus", workers=2, extra=LONG_DATA)
+    env = {"PANDACEAD_DAEMON__DRAIN_TIMEOUT": str(0.0), "PANDACEAD_DAEMON__RETRY_SECONDS": "0.2"}
+    jobs: dict[str, dict] = {}
+    for i in range(n + 10):  # short and long opacus jobs, a few refused
+        kind = i % 5
+        jid = f"t-{i}"
+        if kind == 4:
+            jobs[jid] = job(jid, epsilon=0.001, seed=i)  # refused: ε too small for any σ
+        elif kind == 3:
+            jobs[jid] = job(jid, dataset="long", epochs=3, batch_size=32, seed=i)
+        else:
+            jobs[jid] = job(jid, epochs=1 + kind, seed=i)
+    pending = list(jobs)
+    rng.shuffle(pending)
+    codes = []
+    t_end = time.monotonic() + 600
+    for k in range(n):
+        for _ in range(rng.randint(0, 3)):
+            if pending:
+                jid = pending.pop()
+                drop(home, f"{jid}.json", jobs[jid])
+        d = DaemonProc(home, **env)
+        wait_for(lambda: _sigterm_handled(d.proc.pid) or d.proc.poll() is not None, timeout=60, interval=0.005)
+        # A random moment: start-up, warm-up, planning, training, publishing or idle.
+        time.sleep(rng.choice([0.0, rng.uniform(0, 0.5), rng.uniform(0, 3.0), rng.uniform(2.0, 6.0)]))
+        rc = d.stop(signal.SIGTERM, timeout=120)
+        out = d.output()
+        codes.append(rc)
+        assert rc == 0, f"SIGTERM {k + 1}: exit {rc}\n{out[-4000:]}"
+        _no_traceback(out)
+        assert time.monotonic() < t_end
+    for jid in pending:
+        drop(home, f"{jid}.json", jobs[jid])
+    r = run_once(home, timeout=600, PANDACEAD_DAEMON__RETRY_SECONDS="0.2")
+    assert r.returncode == 0, r.stderr.decode()[-4000:]
+    _no_traceback(r.stderr.decode())
+
+    ob = read_outbox(home)
+    outcomes = ob.outcomes
+    assert set(outcomes) == set(jobs), set(jobs) ^ set(outcomes)
+    assert all(v in ("artifact", "error") for v in outcomes.values()), outcomes  # exactly one each
+    for jid, j in jobs.items():
+        want = "error" if j["dp"]["epsilon"] < 0.01 else "artifact"
+        assert outcomes[jid] == want, (jid, outcomes[jid], (home / "outbox" / f"{jid}.error.json").read_text()
+                                       if outcomes[jid] == "error" else "")
+    check_settled_home(home)
+    assert not spool_files(home)
+    assert not any((home / "state" / "checkpoints").glob("*/*")) if (home / "state" / "checkpoints").exists() else True
+    led = ledger(home)
+    assert all(row["attempts"] == 0 for row in led.jobs()), [r for r in led.jobs() if r["attempts"]]
+    led.close()
+    print(f"FIGURES sigterms={n} exit_codes={sorted(set(codes))} jobs={len(jobs)}")
+
+
+@pytest.mark.slow
+@pytest.mark.opacus
+def test_a_job_handed_back_three_times_resumes_and_equals_the_uninterrupted_run(tmp_path):
+    pytest.importorskip("opacus")
+    home = make_home(tmp_path / "h", backend="opacus", extra=LONG_DATA)
+    reference_home = tmp_path / "ref"
+    shutil.copytree(home, reference_home)  # same noise key: the same job gets the same secret noise
+    j = job("long-1", dataset="long", epochs=8, batch_size=32, seed=5)
+    env = {"PANDACEAD_DAEMON__DRAIN_TIMEOUT": "0"}
+    drop(home, "long-1.json", j)
+    last = 0
+    for i in range(3):
+        d = DaemonProc(home, **env)
+        # Stop it after at least one more epoch was checkpointed than before.
+        wait_for(lambda: _checkpoint_epoch(home, "long-1") > last or d.proc.poll() is not None, timeout=300)
+        assert d.proc.poll() is None, d.output()[-3000:]
+        rc = d.stop(signal.SIGTERM)
+        out = d.output()
+        assert rc == 0, out[-3000:]
+        _no_traceback(out)
+        assert "handed back" in out
+        now = _checkpoint_epoch(home, "long-1")
+        assert now > last and now < 8, (now, last)
+        if i:
+            assert f"resumed from its checkpoint after epoch {last} of 8" in out
+        last = now
+    assert not read_outbox(home).outcomes  # still running: nothing published yet
+    r = run_once(home, timeout=600)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert f"resumed from its checkpoint after epoch {last} of 8" in r.stderr.decode()
+    art = json.loads((home / "outbox" / "long-1.json").read_text())
+    assert not (home / "state" / "checkpoints" / "long-1").exists()
+    led = ledger(home)
+    row = led.job("long-1")
+    assert row["status"] == "succeeded" and row["attempts"] == 0
+    led.close()
+
+    drop(reference_home, "long-1.json", j)
+    r = run_once(reference_home, timeout=600, PANDACEAD_TRAINER__OPTIONS='{"checkpoints": false}')
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    ref = json.loads((reference_home / "outbox" / "long-1.json").read_text())
+    assert base64.b64decode(art["model"]) == base64.b64decode(ref["model"])
+    assert art["epsilon"] == ref["epsilon"] and art["dp"] == ref["dp"]
+    check_settled_home(home)
