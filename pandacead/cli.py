@@ -447,6 +447,62 @@ def plugins(home: str | None, as_json: bool) -> None:
                              ("trainers", "TRAINERS"), ("hooks", "HOOKS"), ("state", "STATE")]))
 
 
+@cli.group("config")
+def config_group() -> None:
+    """Show or check the configuration (pandacead.toml + PANDACEAD_<SECTION>__<KEY> variables)."""
+
+
+@config_group.command("show")
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: home, config file, values with their source.")
+def config_show(home: str | None, as_json: bool) -> None:
+    """Print the effective configuration and where each value came from (default, file or env)."""
+    from pandacead.config import effective
+
+    s = _settings(home)
+    rows = effective(s)
+    if as_json:
+        _emit_json({"home": str(s.home), "config": str(s.home / CONFIG_NAME),
+                    "config_exists": (s.home / CONFIG_NAME).is_file(), "values": rows})
+        return
+    click.echo(f"# {s.home / CONFIG_NAME}" + ("" if (s.home / CONFIG_NAME).is_file() else " (missing: defaults only)"))
+    click.echo(_table([{"key": r["key"], "value": json.dumps(r["value"]), "source": r["source"]} for r in rows],
+                      [("key", "KEY"), ("value", "VALUE"), ("source", "SOURCE")]))
+
+
+@config_group.command("check")
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: ok, config, error, dataset_errors.")
+def config_check(home: str | None, as_json: bool) -> None:
+    """Validate the configuration (and describe its datasets) without starting anything; exit 1 if invalid."""
+    from pandacead.config import load_settings, resolve_home
+
+    cfg = resolve_home(home) / CONFIG_NAME
+    result: dict[str, Any] = {"ok": True, "config": str(cfg), "error": None, "dataset_errors": {}}
+    try:
+        s = load_settings(home)
+        if not cfg.is_file():
+            raise ConfigError(f"There is no {cfg}; create the home with `pandacead init --home {cfg.parent}`.")
+        import logging
+
+        from pandacead.app import describe_datasets
+
+        logging.getLogger("pandacead").setLevel(logging.CRITICAL)  # the dataset errors are reported below
+        result["dataset_errors"] = describe_datasets(s)[1]
+    except ConfigError as exc:
+        result.update(ok=False, error=str(exc))
+    if result["dataset_errors"]:
+        result["ok"] = False
+        result["error"] = result["error"] or "; ".join(f"{v}" for v in result["dataset_errors"].values())
+    if as_json:
+        _emit_json(result)
+    elif result["ok"]:
+        click.echo(f"{cfg} is valid")
+    else:
+        click.echo(f"pandacead: {result['error']}", err=True)
+    sys.exit(0 if result["ok"] else 1)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)
