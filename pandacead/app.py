@@ -119,23 +119,33 @@ def load_noise_key(settings: Settings) -> bytes:
 class App:
     def __init__(self, settings: Settings, *, with_key: bool = True, with_datasets: bool = True):
         self.settings = settings
-        self.plugins: Plugins = load_plugins(settings)
         self.signer: Ed25519Signer | None = None
         if with_key:
             self.signer = Ed25519Signer(load_private_key(settings.key_path))
-            self.plugins.register(
-                SignerPlugin(self.signer), "signer",
-                PluginInfo(name="signer", module="pandacead.app", dist="pandacead", version=__version__, builtin=True),
-            )
+        self.plugins: Plugins = self._load_plugins(settings)
         self.noise_key = load_noise_key(settings) if with_key else b""
         self.public_keys = trusted_keys(settings)
         if self.signer is not None:
             self.public_keys[self.signer.keyid] = self.signer.key.public_key()
         self.ctx = build_context(settings) if with_datasets else None
 
-    def reload(self, settings: Settings) -> None:
+    def _load_plugins(self, settings: Settings) -> Plugins:
+        plugins = load_plugins(settings)
+        if self.signer is not None:
+            plugins.register(
+                SignerPlugin(self.signer), "signer",
+                PluginInfo(name="signer", module="pandacead.app", dist="pandacead", version=__version__, builtin=True),
+            )
+        return plugins
+
+    def reload(self, settings: Settings) -> bool:
+        """Apply a new configuration; True if the plugins were loaded again ([plugins] changed)."""
+        changed = settings.plugins != self.settings.plugins
+        if changed:
+            self.plugins = self._load_plugins(settings)
         self.settings = settings
         self.ctx = build_context(settings)
+        return changed
 
 
 def ensure_home(settings: Settings) -> list[str]:

@@ -34,6 +34,17 @@ def _ledger(home: str | None, actor: str = "cli") -> Any:
     return Ledger.from_settings(s, actor=f"{actor}:{os.getenv('USER', 'unknown')}")
 
 
+def _restart_note(s: Any) -> None:
+    """Say on stderr which settings the running daemon's last reload could not apply (state/daemon.json)."""
+    try:
+        pending = json.loads((s.state / "daemon.json").read_text()).get("restart_needed") or []
+    except (OSError, ValueError, AttributeError):
+        return
+    if pending:
+        click.echo(f"pandacead: the running daemon needs a restart to apply {', '.join(map(str, pending))};"
+                   " until then it keeps the previous value(s).", err=True)
+
+
 def _emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
 
@@ -350,6 +361,7 @@ def _queued(s: Any) -> list[dict[str, Any]]:
 def jobs_list(home: str | None, limit: int, as_json: bool) -> None:
     """Recent jobs, newest first (files still waiting in the inbox show as queued)."""
     s = _settings(home)
+    _restart_note(s)
     led = _ledger(home)
     spooled_files = {r["file"] for r in led.jobs(limit)}
     rows = [r for r in _queued(s) if r["file"] not in spooled_files] + led.jobs(limit)
@@ -433,6 +445,7 @@ def plugins(home: str | None, as_json: bool) -> None:
     from pandacead.app import App
 
     s = _settings(home)
+    _restart_note(s)
     # With the home's key, the built-in signer is listed like any other plugin.
     ps = App(s, with_key=s.key_path.exists(), with_datasets=False).plugins
     rows = [i.to_dict() for i in ps.infos.values()]

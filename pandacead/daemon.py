@@ -170,6 +170,7 @@ class Daemon:
                 "pandacead daemon %s started: home %s, inbox %s, trainers %s",
                 spool.owner, s.home, s.inbox, ", ".join(sorted(app.plugins.trainers)),
             )
+            self._write_status([])
             for tmp in stale_temp_files(s.outbox):
                 with contextlib.suppress(OSError):
                     tmp.unlink()
@@ -373,6 +374,9 @@ class Daemon:
             self._submit(spooled)
         self.notifier.status(self._status())
 
+    #: Settings a running daemon cannot change (its directories, its worker threads, its key).
+    RESTART_ONLY = ("paths.inbox", "paths.outbox", "paths.state", "daemon.workers", "signing.key")
+
     def _reload(self) -> None:
         self.reload_requested = False
         self.notifier.reloading(status="reloading configuration")
@@ -381,15 +385,45 @@ class Daemon:
             from pandacead.logs import setup_logging
 
             setup_logging(settings.data["logging"]["level"], settings.data["logging"]["format"])
-            self.app.reload(settings)
+            kept = [k for k in self.RESTART_ONLY if _get(settings.data, k) != _get(self.settings.data, k)]
+            for key in kept:  # applying these needs a restart: say so, and keep running on the old value
+                section, _, name = key.partition(".")
+                settings.data[section][name] = _get(self.settings.data, key)
+            plugins_changed = self.app.reload(settings)
             self.settings = settings
             self.pipeline.settings = settings
             assert self.app.ctx is not None
             self.pipeline.ctx = self.app.ctx
-            log.info("configuration reloaded from %s", settings.home)
+            if plugins_changed:
+                # New jobs see only what the new allow/deny admits; workers (which load plugins
+                # themselves) are replaced after their current job.
+                self.pipeline.plugins = self.app.plugins
+                if self.pool is not None:
+                    self.pool.recycle()
+                log.warning("plugins reloaded: trainers now %s", ", ".join(sorted(self.app.plugins.trainers)))
+            self._write_status(kept)
+            if kept:
+                log.error(
+                    "configuration reloaded from %s, except %s: changing %s needs a restart (`systemctl restart"
+                    " pandacead`); until then the previous value stays in force",
+                    settings.home, ", ".join(kept), "it" if len(kept) == 1 else "them",
+                )
+            else:
+                log.info("configuration reloaded from %s", settings.home)
         except Exception as exc:
             log.error("reload failed, keeping the previous configuration: %s", exc)
         self.notifier.ready(status=self._status())
+
+    def _write_status(self, restart_needed: list[str]) -> None:
+        """state/daemon.json: what `pandacead plugins` and `jobs list` report about the running daemon."""
+        import json
+
+        from pandacead.artifacts import publish
+
+        with contextlib.suppress(Exception):
+            body = {"owner": self.spool.owner if self.spool else None, "reloaded_at": time.time(),
+                    "restart_needed": restart_needed, "trainers": sorted(self.app.plugins.trainers)}
+            publish(self.settings.state / STATUS_FILE, (json.dumps(body) + "\n").encode())
 
     def _shutdown(self, observer: Any) -> None:
         """Stop whatever start-up got to: finish or hand back running jobs, stop workers, free the spool."""
@@ -415,6 +449,25 @@ class Daemon:
         if self.spool is not None:
             self.spool.release()
             log.info("pandacead daemon %s stopped", self.spool.owner)
+
+
+STATUS_FILE = "daemon.json"
+
+
+def _get(data: dict[str, Any], dotted: str) -> Any:
+    section, _, key = dotted.partition(".")
+    return (data.get(section) or {}).get(key)
+
+
+def restart_needed(settings: Settings) -> list[str]:
+    """Settings the running daemon's last reload could not apply (from state/daemon.json), else []."""
+    import json
+
+    try:
+        body = json.loads((settings.state / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [str(k) for k in body.get("restart_needed") or []]
 
 
 def run(settings: Settings, once: bool = False) -> int:

@@ -211,3 +211,40 @@ def test_a_job_handed_back_three_times_resumes_and_equals_the_uninterrupted_run(
     assert base64.b64decode(art["model"]) == ref.model
     assert art["epsilon"] == ref.epsilon
     check_settled_home(home)
+
+
+# --------------------------------------------------------------------------- SIGHUP
+
+
+def test_sighup_applies_a_new_plugin_deny_list(tmp_path):
+    home = make_home(tmp_path / "h")
+    d = DaemonProc(home)
+    try:
+        wait_for(lambda: "started" in d.output(), timeout=60)
+        drop(home, "before.json", job("before", backend="nss"))
+        wait_for(lambda: (home / "outbox" / "before.json").exists(), timeout=60)
+        with open(home / "pandacead.toml", "a") as fh:
+            fh.write('\n[plugins.extra]\n')  # an unknown key: this reload is refused, loudly
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload failed" in d.output(), timeout=30)
+        text = (home / "pandacead.toml").read_text().replace("\n[plugins.extra]\n", "")
+        text = text.replace("[plugins]\n", '[plugins]\ndeny = ["nss"]\n')
+        text = text.replace("workers = 1", "workers = 2")  # cannot change while running: said, not applied
+        (home / "pandacead.toml").write_text(text)
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "plugins reloaded" in d.output(), timeout=30)
+        out = d.output()
+        assert "daemon.workers" in out and "needs a restart" in out
+        drop(home, "after.json", job("after", backend="nss"))
+        wait_for(lambda: (home / "outbox" / "after.error.json").exists(), timeout=60)
+        report = json.loads((home / "outbox" / "after.error.json").read_text())
+        assert report["status"] == "rejected" and "nss" in report["error"]
+        drop(home, "mock.json", job("mock"))
+        wait_for(lambda: (home / "outbox" / "mock.json").exists(), timeout=60)
+        from conftest import cli
+
+        r = cli(home, "jobs", "list", "--home", str(home))
+        assert "needs a restart to apply daemon.workers" in r.stderr.decode()
+    finally:
+        assert d.stop() == 0
+    _no_traceback(d.output())
