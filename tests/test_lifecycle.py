@@ -248,3 +248,23 @@ def test_sighup_applies_a_new_plugin_deny_list(tmp_path):
     finally:
         assert d.stop() == 0
     _no_traceback(d.output())
+
+
+# --------------------------------------------------------------------------- schema vs pipeline
+
+
+def test_every_seed_the_schema_admits_completes_and_bigger_ones_are_refused_before_planning(tmp_path):
+    home = make_home(tmp_path / "h")
+    drop(home, "max.json", job("max", seed=2**53 - 1))
+    drop(home, "big.json", job("big", seed=2**53))
+    drop(home, "huge.json", job("huge", seed=2**64 - 1))
+    r = run_once(home)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    art = json.loads((home / "outbox" / "max.json").read_text())
+    assert art["seed"] == 2**53 - 1
+    for jid in ("big", "huge"):
+        report = json.loads((home / "outbox" / f"{jid}.error.json").read_text())
+        assert report["status"] == "rejected" and report["details"] and "seed" in " ".join(report["details"])
+    led = ledger(home)
+    assert led.spend("big") is None and led.spend("huge") is None  # refused before any reservation
+    led.close()
