@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
         "retry_max_seconds": 300.0,  # ... is retried with exponential backoff up to this
         "once_retries": 3,  # `run --once` gives up on a deferred job after this many tries (exit 1)
         "outbox_min_free_bytes": 1_048_576,  # below this free space nothing new is claimed
+        "progress_log_seconds": 10.0,  # per-epoch INFO lines of a long job: at most one this often
     },
     "budget": {
         "default_epsilon": 10.0,

@@ -257,18 +257,33 @@ class Pipeline:
         # (docs/benchmarks.md: a mock job made 3 commits before its artifact, now 1).
         last = [time.monotonic()]
         self._local.final_progress = None
+        # Per-epoch lines: at INFO for the first and last epoch and at most one per
+        # `daemon.progress_log_seconds` between (DEBUG otherwise), so a 1000-epoch job does
+        # not flood the journal; the whole history goes into the job's final progress row.
+        history: list[dict[str, Any]] = []
+        last_info = [-math.inf]
+        throttle = float(self.settings.daemon.get("progress_log_seconds", 10.0))
 
         def progress(p: dict[str, Any]) -> None:
-            extra = {"job_id": job.job_id, "user_id": job.user_id}
+            extra: dict[str, Any] = {"job_id": job.job_id, "user_id": job.user_id}
             if p.get("epoch") is None:
                 log.info("job %s: %s", job.job_id, p.get("stage") or p.get("message") or p, extra=extra)
                 return
-            log.info(
-                "job %s progress: epoch %s/%s loss %s ε so far %s", job.job_id, p.get("epoch"), p.get("epochs"),
-                _fmt(p.get("loss")), _fmt(p.get("epsilon")), extra=extra,
+            history.append({k: p.get(k) for k in ("epoch", "loss", "epsilon", "epsilon_exact", "steps") if k in p})
+            now_m = time.monotonic()
+            final = p.get("epoch") == p.get("epochs")
+            level = logging.DEBUG
+            if final or p.get("epoch") == 1 or now_m - last_info[0] >= throttle:
+                level, last_info[0] = logging.INFO, now_m
+            fields = {"epoch": p.get("epoch"), "epochs": p.get("epochs"), "loss": p.get("loss"),
+                      "epsilon_so_far": p.get("epsilon"), "epsilon_exact": p.get("epsilon_exact")}
+            log.log(
+                level, "job %s progress: epoch %s/%s loss %s ε so far %s", job.job_id, p.get("epoch"),
+                p.get("epochs"), _fmt(p.get("loss")), _fmt(p.get("epsilon")),
+                extra={**extra, **fields, "_json_only": tuple(fields)},
             )
-            if p.get("epoch") == p.get("epochs"):
-                self._local.final_progress = (row_id, p)
+            if final:
+                self._local.final_progress = (row_id, {**p, "history": history})
                 return
             now = time.monotonic()
             if now - last[0] >= 0.5:

@@ -268,3 +268,26 @@ def test_every_seed_the_schema_admits_completes_and_bigger_ones_are_refused_befo
     led = ledger(home)
     assert led.spend("big") is None and led.spend("huge") is None  # refused before any reservation
     led.close()
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def test_json_logs_carry_progress_fields_and_long_jobs_are_throttled(tmp_path):
+    home = make_home(tmp_path / "h")
+    text = (home / "pandacead.toml").read_text().replace('format = "text"', 'format = "json"')
+    (home / "pandacead.toml").write_text(text + "\n[trainer.options]\nmock_delay = 0.1\n")
+    drop(home, "long.json", job("long", epochs=20))  # the mock trainer runs at most 20 epochs
+    r = run_once(home, PANDACEAD_DAEMON__PROGRESS_LOG_SECONDS="0.5")
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    lines = [json.loads(x) for x in r.stderr.decode().splitlines() if x.startswith("{")]
+    epochs = [x for x in lines if x["msg"].startswith("job long progress")]
+    assert 3 <= len(epochs) <= 12, len(epochs)  # first, last, and about one per 0.5 s (20 × 0.1 s)
+    first, final = epochs[0], epochs[-1]
+    assert first["epoch"] == 1 and final["epoch"] == 20 and final["epochs"] == 20
+    assert final["job_id"] == "long" and final["user_id"] == "alice"
+    assert isinstance(final["loss"], float) and final["epsilon_so_far"] > 0
+    led = ledger(home)
+    history = led.job("long")["progress"]["history"]
+    led.close()
+    assert [h["epoch"] for h in history] == list(range(1, 21))  # the full history stays with the job
