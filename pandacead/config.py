@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
         "rescan_interval": 2.0,  # seconds between full inbox scans (inotify can overflow)
         "settle_seconds": 0.5,  # a scanned file must be unchanged this long before it is taken
         "max_job_bytes": 1_048_576,
-        "max_attempts": 3,  # restarts a job may survive before it is failed
+        "max_attempts": 3,  # crashes a job may survive before it is failed (a graceful hand-back is none)
         "drain_timeout": 60.0,  # SIGTERM: seconds running jobs may finish before they are handed back
         "retry_seconds": 5.0,  # a job deferred by a host problem (outbox full/read-only, ledger locked)
         "retry_max_seconds": 300.0,  # ... is retried with exponential backoff up to this
