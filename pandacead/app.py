@@ -71,7 +71,8 @@ def build_context(settings: Settings) -> TrainerContext:
         grad_sample_mode=str(t.get("grad_sample_mode", "auto")),
         secure_mode=bool(t.get("secure_mode", False)),
         max_steps=int(t.get("max_steps", 200_000)),
-        options={"home": str(settings.home), "dataset_errors": errors, **(t.get("options") or {})},
+        # checkpoints: trainers may resume a handed-back job from state/checkpoints/ (docs/lifecycle.md)
+        options={"home": str(settings.home), "dataset_errors": errors, "checkpoints": True, **(t.get("options") or {})},
     )
 
 

@@ -116,7 +116,8 @@ class Daemon:
             signal.signal(signal.SIGTERM, self._on_term)
             signal.signal(signal.SIGINT, self._on_term)
             signal.signal(signal.SIGHUP, self._on_hup)
-        if _early_stop.is_set():
+        if _early_stop.is_set():  # a stop that arrived while the CLI was starting
+            _early_stop.clear()
             self.stop_requested = True
 
     # -- signals --------------------------------------------------------------
@@ -268,6 +269,7 @@ class Daemon:
         return int(self.settings.daemon.get("workers", 1)) - len(self.in_flight)
 
     def _submit(self, spooled: Path) -> None:
+        assert self.executor is not None  # only called once start-up made it
         fut = self.executor.submit(self.pipeline.process, spooled)
         self.in_flight[fut] = spooled
         fut.add_done_callback(lambda f: self.wake.set())
@@ -356,6 +358,7 @@ class Daemon:
                 if not ready or being_written(s.inbox / e.name):
                     continue
             try:
+                assert self.spool is not None
                 spooled = self.spool.claim(s.inbox, e.name)
             except ClaimError as exc:
                 if self.claim_errors.get(e.name) != str(exc):  # (ClaimError quotes the name with repr)
