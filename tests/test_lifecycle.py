@@ -291,3 +291,69 @@ def test_json_logs_carry_progress_fields_and_long_jobs_are_throttled(tmp_path):
     history = led.job("long")["progress"]["history"]
     led.close()
     assert [h["epoch"] for h in history] == list(range(1, 21))  # the full history stays with the job
+
+
+# --------------------------------------------------------------------------- worker ownership
+
+
+def _hang_request(home: Path) -> dict:
+    from pandacead.app import App
+    from pandacead.config import load_settings
+    from pandacead.jobs import parse_job
+
+    app = App(load_settings(home, environ={}), with_key=False)
+    assert app.ctx is not None
+    j = parse_job(json.dumps(job("h", backend="hang")).encode())
+    plan = app.plugins.trainers["hang"].plan(j, app.ctx)
+    return {"op": "train", "trainer": "hang", "job": j.to_dict(), "ctx": app.ctx.to_dict(), "plan": plan.to_dict()}
+
+
+def test_worker_kill_from_many_threads_during_a_call_fails_the_job_cleanly(tmp_path):
+    import threading
+
+    from pandacead.errors import JobFailed
+    from pandacead.worker import WorkerProcess
+
+    home = make_home(tmp_path / "h")
+    request = _hang_request(home)
+    w = WorkerProcess(home)
+    w.start()
+    pid = w.proc.pid
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not stop.is_set():
+            w.kill(reason="the job was cancelled")
+
+    threads = [threading.Thread(target=killer) for _ in range(8)]
+    timer = threading.Timer(0.5, lambda: [t.start() for t in threads])
+    timer.start()
+    try:
+        with pytest.raises(JobFailed, match="the job was cancelled"):
+            w.call(request, timeout=60)
+    finally:
+        stop.set()
+        timer.join()
+        for t in threads:
+            t.join()
+    assert w.proc is None and not Path(f"/proc/{pid}").exists()
+    w.kill()
+    w.kill()  # any number of times, also with nothing running
+    assert w.call({"op": "ping"}, timeout=60) == "pong"  # a fresh process for the next job
+    w.stop()
+
+
+def test_pool_close_during_warm_up_leaves_no_process_and_raises_nothing(tmp_path):
+    from fuzz.invariants import processes_mentioning
+
+    from pandacead.worker import WorkerPool
+
+    home = make_home(tmp_path / "h")
+    for delay in (0.0, 0.05, 0.3, 1.0):
+        pool = WorkerPool(home, size=2, warm={"trainers": [], "ctx": None})
+        pool.prewarm()
+        time.sleep(delay)  # before, during or after the workers' start
+        pool.close()
+        assert all(w.proc is None for w in pool._all)
+        assert not any(t.is_alive() for t in pool._threads)
+    assert not processes_mentioning(str(home))
