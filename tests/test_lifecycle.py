@@ -232,7 +232,7 @@ def test_sighup_applies_a_new_plugin_deny_list(tmp_path):
         text = text.replace("workers = 1", "workers = 2")  # cannot change while running: said, not applied
         (home / "pandacead.toml").write_text(text)
         d.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "plugins reloaded" in d.output(), timeout=30)
+        wait_for(lambda: "plugins reloaded" in d.output() and "needs a restart" in d.output(), timeout=30)
         out = d.output()
         assert "daemon.workers" in out and "needs a restart" in out
         drop(home, "after.json", job("after", backend="nss"))
