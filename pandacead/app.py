@@ -81,7 +81,8 @@ def build_context(settings: Settings, key: bytes | None = None) -> TrainerContex
         grad_sample_mode=str(t.get("grad_sample_mode", "auto")),
         secure_mode=bool(t.get("secure_mode", False)),
         max_steps=int(t.get("max_steps", 200_000)),
-        options={"home": str(settings.home), "dataset_errors": errors,
+        # checkpoints: trainers may resume a handed-back job from state/checkpoints/ (docs/lifecycle.md)
+        options={"home": str(settings.home), "dataset_errors": errors, "checkpoints": True,
                  "timeout_seconds": float(t.get("timeout_seconds", 900)), **(t.get("options") or {})},
     )
 
@@ -130,23 +131,33 @@ def load_noise_key(settings: Settings) -> bytes:
 class App:
     def __init__(self, settings: Settings, *, with_key: bool = True, with_datasets: bool = True):
         self.settings = settings
-        self.plugins: Plugins = load_plugins(settings)
         self.signer: Ed25519Signer | None = None
         if with_key:
             self.signer = Ed25519Signer(load_private_key(settings.key_path))
-            self.plugins.register(
-                SignerPlugin(self.signer), "signer",
-                PluginInfo(name="signer", module="pandacead.app", dist="pandacead", version=__version__, builtin=True),
-            )
+        self.plugins: Plugins = self._load_plugins(settings)
         self.noise_key = load_noise_key(settings) if with_key else b""
         self.public_keys = trusted_keys(settings)
         if self.signer is not None:
             self.public_keys[self.signer.keyid] = self.signer.key.public_key()
         self.ctx = build_context(settings, self.noise_key or None) if with_datasets else None
 
-    def reload(self, settings: Settings) -> None:
+    def _load_plugins(self, settings: Settings) -> Plugins:
+        plugins = load_plugins(settings)
+        if self.signer is not None:
+            plugins.register(
+                SignerPlugin(self.signer), "signer",
+                PluginInfo(name="signer", module="pandacead.app", dist="pandacead", version=__version__, builtin=True),
+            )
+        return plugins
+
+    def reload(self, settings: Settings) -> bool:
+        """Apply a new configuration; True if the plugins were loaded again ([plugins] changed)."""
+        changed = settings.plugins != self.settings.plugins
+        if changed:
+            self.plugins = self._load_plugins(settings)
         self.settings = settings
         self.ctx = build_context(settings, self.noise_key or None)
+        return changed
 
 
 def ensure_home(settings: Settings) -> list[str]:

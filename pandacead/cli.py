@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from pandacead import __version__
+from pandacead.config import CONFIG_NAME
 from pandacead.errors import ConfigError
 
 HOME_HELP = "The pandacead home (config, inbox/, outbox/, state/). Default: $PANDACEAD_HOME, else the current directory."
@@ -56,6 +57,17 @@ def real_actor() -> str:
     if sudo and f"login {sudo}(" not in " ".join(parts):
         parts.append(f"sudo by {sudo}")
     return ", ".join(parts)
+
+
+def _restart_note(s: Any) -> None:
+    """Say on stderr which settings the running daemon's last reload could not apply (state/daemon.json)."""
+    try:
+        pending = json.loads((s.state / "daemon.json").read_text()).get("restart_needed") or []
+    except (OSError, ValueError, AttributeError):
+        return
+    if pending:
+        click.echo(f"pandacead: the running daemon needs a restart to apply {', '.join(map(str, pending))};"
+                   " until then it keeps the previous value(s).", err=True)
 
 
 def _emit_json(obj: Any) -> None:
@@ -136,14 +148,14 @@ def run(home: str | None, once: bool, verbose: bool) -> None:
     SIGTERM stops claiming, lets running jobs finish (or hands them back to the
     spool for the next start) and exits 0; SIGHUP reloads the configuration.
     """
-    from pandacead.app import ensure_home
-    from pandacead.daemon import Daemon
+    from pandacead.daemon import Daemon, install_early_signals
 
+    install_early_signals()  # a stop during start-up is a clean stop, not a death by SIGTERM
     _setup_logging(home, verbose)
     s = _settings(home)
-    if not s.ledger_path.exists():
-        for c in ensure_home(s):
-            click.echo(f"created {c}", err=True)
+    if not (s.home / CONFIG_NAME).is_file() or not s.ledger_path.exists():
+        # A mistyped --home must not quietly become a new home with a new signing key.
+        raise ConfigError(f"{s.home} is not a pandacead home; create it with `pandacead init --home {s.home}` first.")
     sys.exit(Daemon(s, once=once).run())
 
 
@@ -486,6 +498,7 @@ def _queued(s: Any) -> list[dict[str, Any]]:
 def jobs_list(home: str | None, limit: int, as_json: bool) -> None:
     """Recent jobs, newest first (files still waiting in the inbox show as queued)."""
     s = _settings(home)
+    _restart_note(s)
     led = _ledger(home)
     spooled_files = {r["file"] for r in led.jobs(limit)}
     rows = [r for r in _queued(s) if r["file"] not in spooled_files] + led.jobs(limit)
@@ -570,6 +583,7 @@ def plugins(home: str | None, as_json: bool) -> None:
     from pandacead.app import App
 
     s = _settings(home)
+    _restart_note(s)
     # With the home's key, the built-in signer is listed like any other plugin.
     ps = App(s, with_key=s.key_path.exists(), with_datasets=False).plugins
     rows = [i.to_dict() for i in ps.infos.values()]
@@ -787,6 +801,62 @@ def buyers_remove(name: str, home: str | None, as_json: bool) -> None:
         _emit_json({"account": name, "removed": removed, "ledger": known})
     else:
         click.echo(f"buyer {name} removed ({', '.join(removed) or 'no inbox'}); outbox/{name}/ and its record stay")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Show or check the configuration (pandacead.toml + PANDACEAD_<SECTION>__<KEY> variables)."""
+
+
+@config_group.command("show")
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: home, config file, values with their source.")
+def config_show(home: str | None, as_json: bool) -> None:
+    """Print the effective configuration and where each value came from (default, file or env)."""
+    from pandacead.config import effective
+
+    s = _settings(home)
+    rows = effective(s)
+    if as_json:
+        _emit_json({"home": str(s.home), "config": str(s.home / CONFIG_NAME),
+                    "config_exists": (s.home / CONFIG_NAME).is_file(), "values": rows})
+        return
+    click.echo(f"# {s.home / CONFIG_NAME}" + ("" if (s.home / CONFIG_NAME).is_file() else " (missing: defaults only)"))
+    click.echo(_table([{"key": r["key"], "value": json.dumps(r["value"]), "source": r["source"]} for r in rows],
+                      [("key", "KEY"), ("value", "VALUE"), ("source", "SOURCE")]))
+
+
+@config_group.command("check")
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: ok, config, error, dataset_errors.")
+def config_check(home: str | None, as_json: bool) -> None:
+    """Validate the configuration (and describe its datasets) without starting anything; exit 1 if invalid."""
+    from pandacead.config import load_settings, resolve_home
+
+    cfg = resolve_home(home) / CONFIG_NAME
+    result: dict[str, Any] = {"ok": True, "config": str(cfg), "error": None, "dataset_errors": {}}
+    try:
+        s = load_settings(home)
+        if not cfg.is_file():
+            raise ConfigError(f"There is no {cfg}; create the home with `pandacead init --home {cfg.parent}`.")
+        import logging
+
+        from pandacead.app import describe_datasets
+
+        logging.getLogger("pandacead").setLevel(logging.CRITICAL)  # the dataset errors are reported below
+        result["dataset_errors"] = describe_datasets(s)[1]
+    except ConfigError as exc:
+        result.update(ok=False, error=str(exc))
+    if result["dataset_errors"]:
+        result["ok"] = False
+        result["error"] = result["error"] or "; ".join(f"{v}" for v in result["dataset_errors"].values())
+    if as_json:
+        _emit_json(result)
+    elif result["ok"]:
+        click.echo(f"{cfg} is valid")
+    else:
+        click.echo(f"pandacead: {result['error']}", err=True)
+    sys.exit(0 if result["ok"] else 1)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,23 @@ from pandacead.spool import ClaimError, Spool, being_written, is_candidate, scan
 from pandacead.worker import WorkerPool
 
 log = logging.getLogger("pandacead.daemon")
+
+# A SIGTERM/SIGINT that arrives before the Daemon exists (while the CLI loads
+# settings and modules) is remembered here, so that it stops the daemon
+# cleanly instead of killing the process with the default action.
+_early_stop = threading.Event()
+
+
+def _early_term(signum: int, frame: Any) -> None:
+    _early_stop.set()
+
+
+def install_early_signals() -> None:
+    """Catch SIGTERM/SIGINT from the first moment `run` starts (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _early_term)
+        signal.signal(signal.SIGINT, _early_term)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before the daemon runs has nothing to reload
 
 
 class _Events:
@@ -99,6 +116,16 @@ class Daemon:
         self.claim_errors: dict[str, str] = {}
         self.outbox_blocked: str | None = None
         self._backlog: list[Path] = []
+        self.pool: WorkerPool | None = None
+        self.spool: Spool | None = None
+        self.executor: ThreadPoolExecutor | None = None
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_term)
+            signal.signal(signal.SIGINT, self._on_term)
+            signal.signal(signal.SIGHUP, self._on_hup)
+        if _early_stop.is_set():  # a stop that arrived while the CLI was starting
+            _early_stop.clear()
+            self.stop_requested = True
 
     # -- signals --------------------------------------------------------------
 
@@ -119,37 +146,39 @@ class Daemon:
         s = self.settings
         if not s.ledger_path.exists() or not s.inbox.is_dir() or not s.outbox.is_dir():
             raise ConfigError(f"{s.home} is not a pandacead home (no ledger or inbox); run `pandacead init --home {s.home}`.")
-        self.notifier.status("starting: loading plugins, key and datasets")
-        app = App(s)
-        self.app = app
-        spool = Spool(s.spool)
-        spool.acquire()
-        self.spool = spool
-        workers = int(s.daemon.get("workers", 1))
-        pool = WorkerPool(
-            s.home, size=workers, max_jobs=int(s.trainer.get("worker_max_jobs", 50)),
-            warm=self._warm_request(app), warm_timeout=float(s.trainer.get("warm_timeout", 300)),
-        )
-        self.pool = pool
-        if pool.warm_request is not None:
-            pool.prewarm()  # in the background: the first job must not pay torch's imports
-        assert app.ctx is not None
-        pipeline = Pipeline(s, app.plugins, app.ctx, spool.owner, pool=pool, public_keys=app.public_keys,
-                        noise_key=app.noise_key)
-        self.pipeline = pipeline
-        pipeline.ledger()  # migrations done before READY
-        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
-        self.executor = executor
-        observer = self._start_observer()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_term)
-            signal.signal(signal.SIGINT, self._on_term)
-            signal.signal(signal.SIGHUP, self._on_hup)
-        log.info(
-            "pandacead daemon %s started: home %s, inbox %s, trainers %s",
-            spool.owner, s.home, s.inbox, ", ".join(sorted(app.plugins.trainers)),
-        )
+        observer = None
+        # Signals were installed in __init__; a stop requested during any start-up step is
+        # honoured after that step, and shutdown copes with whatever was started.
         try:
+            self.notifier.status("starting: loading plugins, key and datasets")
+            app = App(s)
+            self.app = app
+            spool = Spool(s.spool)
+            spool.acquire()
+            self.spool = spool
+            workers = int(s.daemon.get("workers", 1))
+            # `--once` does not warm workers: on an empty inbox there is nothing to warm them for,
+            # and a job starts its worker itself (the imports cost the same either way).
+            pool = WorkerPool(
+                s.home, size=workers, max_jobs=int(s.trainer.get("worker_max_jobs", 50)),
+                warm=None if self.once else self._warm_request(app),
+                warm_timeout=float(s.trainer.get("warm_timeout", 300)),
+            )
+            self.pool = pool
+            if pool.warm_request is not None and not self.stop_requested:
+                pool.prewarm()  # in the background: the first job must not pay torch's imports
+            assert app.ctx is not None
+            pipeline = Pipeline(s, app.plugins, app.ctx, spool.owner, pool=pool, public_keys=app.public_keys,
+                                noise_key=app.noise_key)
+            self.pipeline = pipeline
+            pipeline.ledger()  # migrations done before READY
+            self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
+            observer = self._start_observer()
+            log.info(
+                "pandacead daemon %s started: home %s, inbox %s, trainers %s",
+                spool.owner, s.home, s.inbox, ", ".join(sorted(app.plugins.trainers)),
+            )
+            self._write_status([])
             outboxes = [s.outbox] + [s.outbox / acct for acct, _ in buyer_inboxes(s.inbox)]
             for tmp in [t for o in outboxes if o.is_dir() for t in stale_temp_files(o)]:
                 with contextlib.suppress(OSError):
@@ -161,8 +190,9 @@ class Daemon:
             self._backlog = spool.pending()
             if self._backlog:
                 log.info("settling %d job file(s) left in the spool", len(self._backlog))
-            self._tick(first=True)
-            self.notifier.ready(status=self._status())
+            if not self.stop_requested:
+                self._tick(first=True)
+                self.notifier.ready(status=self._status())
             while not self.stop_requested:
                 self.notifier.watchdog()
                 if self.reload_requested:
@@ -172,7 +202,7 @@ class Daemon:
                     break
                 self.wake.wait(timeout=self._wait_time())
                 self.wake.clear()
-            if self.given_up:
+            if self.given_up and not self.stop_requested:
                 log.error(
                     "%d job file(s) could not be settled and stay in the spool for the next start: %s",
                     len(self.given_up), ", ".join(sorted(p.name for p in self.given_up)),
@@ -279,6 +309,7 @@ class Daemon:
         return int(self.settings.daemon.get("workers", 1)) - len(self.in_flight)
 
     def _submit(self, spooled: Path) -> None:
+        assert self.executor is not None  # only called once start-up made it
         fut = self.executor.submit(self.pipeline.process, spooled)
         self.in_flight[fut] = spooled
         fut.add_done_callback(lambda f: self.wake.set())
@@ -289,7 +320,7 @@ class Daemon:
             try:
                 self.outcomes.append(fut.result())
                 self.tries.pop(spooled, None)
-            except HandedBack:
+            except (HandedBack, CancelledError):
                 pass  # stopping: the file stays spooled and resumes at the next start
             except Deferred as exc:
                 self._defer(spooled, exc.message)
@@ -367,6 +398,7 @@ class Daemon:
                 if not ready or being_written(where / e.name):
                     continue
             try:
+                assert self.spool is not None
                 spooled = self.spool.claim(where, e.name, account)
             except ClaimError as exc:
                 if self.claim_errors.get(key) != str(exc):  # (ClaimError quotes the name with repr)
@@ -385,6 +417,9 @@ class Daemon:
             self._submit(spooled)
         self.notifier.status(self._status())
 
+    #: Settings a running daemon cannot change (its directories, its worker threads, its key).
+    RESTART_ONLY = ("paths.inbox", "paths.outbox", "paths.state", "daemon.workers", "signing.key")
+
     def _reload(self) -> None:
         self.reload_requested = False
         self.notifier.reloading(status="reloading configuration")
@@ -393,17 +428,48 @@ class Daemon:
             from pandacead.logs import setup_logging
 
             setup_logging(settings.data["logging"]["level"], settings.data["logging"]["format"])
-            self.app.reload(settings)
+            kept = [k for k in self.RESTART_ONLY if _get(settings.data, k) != _get(self.settings.data, k)]
+            for key in kept:  # applying these needs a restart: say so, and keep running on the old value
+                section, _, name = key.partition(".")
+                settings.data[section][name] = _get(self.settings.data, key)
+            plugins_changed = self.app.reload(settings)
             self.settings = settings
             self.pipeline.settings = settings
             assert self.app.ctx is not None
             self.pipeline.ctx = self.app.ctx
-            log.info("configuration reloaded from %s", settings.home)
+            if plugins_changed:
+                # New jobs see only what the new allow/deny admits; workers (which load plugins
+                # themselves) are replaced after their current job.
+                self.pipeline.plugins = self.app.plugins
+                if self.pool is not None:
+                    self.pool.recycle()
+                log.warning("plugins reloaded: trainers now %s", ", ".join(sorted(self.app.plugins.trainers)))
+            self._write_status(kept)
+            if kept:
+                log.error(
+                    "configuration reloaded from %s, except %s: changing %s needs a restart (`systemctl restart"
+                    " pandacead`); until then the previous value stays in force",
+                    settings.home, ", ".join(kept), "it" if len(kept) == 1 else "them",
+                )
+            else:
+                log.info("configuration reloaded from %s", settings.home)
         except Exception as exc:
             log.error("reload failed, keeping the previous configuration: %s", exc)
         self.notifier.ready(status=self._status())
 
+    def _write_status(self, restart_needed: list[str]) -> None:
+        """state/daemon.json: what `pandacead plugins` and `jobs list` report about the running daemon."""
+        import json
+
+        from pandacead.artifacts import publish
+
+        with contextlib.suppress(Exception):
+            body = {"owner": self.spool.owner if self.spool else None, "reloaded_at": time.time(),
+                    "restart_needed": restart_needed, "trainers": sorted(self.app.plugins.trainers)}
+            publish(self.settings.state / STATUS_FILE, (json.dumps(body) + "\n").encode())
+
     def _shutdown(self, observer: Any) -> None:
+        """Stop whatever start-up got to: finish or hand back running jobs, stop workers, free the spool."""
         self.notifier.stopping(status="stopping: finishing in-flight jobs")
         if observer is not None:
             with contextlib.suppress(Exception):
@@ -411,16 +477,40 @@ class Daemon:
         deadline = time.monotonic() + float(self.settings.daemon.get("drain_timeout", 60.0))
         while self.in_flight and time.monotonic() < deadline:
             self.notifier.watchdog()
-            time.sleep(0.05)
+            self.wake.wait(timeout=0.05)
+            self.wake.clear()
             self._reap()
-        if self.in_flight:
-            log.warning("%d job(s) still running at shutdown; handing them back to the spool", len(self.in_flight))
-            self.pool.hand_back()
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.pool is not None and (self.in_flight or self.stop_requested):
+            if self.in_flight:
+                log.warning("%d job(s) still running at shutdown; handing them back to the spool", len(self.in_flight))
+            self.pool.hand_back()  # also cancels warm-ups in progress
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
         self._reap()
-        self.pool.close()
-        self.spool.release()
-        log.info("pandacead daemon %s stopped", self.spool.owner)
+        if self.pool is not None:
+            self.pool.close()
+        if self.spool is not None:
+            self.spool.release()
+            log.info("pandacead daemon %s stopped", self.spool.owner)
+
+
+STATUS_FILE = "daemon.json"
+
+
+def _get(data: dict[str, Any], dotted: str) -> Any:
+    section, _, key = dotted.partition(".")
+    return (data.get(section) or {}).get(key)
+
+
+def restart_needed(settings: Settings) -> list[str]:
+    """Settings the running daemon's last reload could not apply (from state/daemon.json), else []."""
+    import json
+
+    try:
+        body = json.loads((settings.state / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [str(k) for k in body.get("restart_needed") or []]
 
 
 def run(settings: Settings, once: bool = False) -> int:

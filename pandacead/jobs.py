@@ -292,4 +292,24 @@ def validate(raw: Any, *, default_user: str | None = None) -> Job:
 
 def parse_job(data: bytes, *, default_user: str | None = None) -> Job:
     """Bytes of a job file to a `Job` (or JobRejected)."""
-    return validate(parse_json(data), default_user=default_user)
+    job = validate(parse_json(data), default_user=default_user)
+    _check_carried(job)
+    return job
+
+
+def _check_carried(job: Job) -> None:
+    """Refuse, before planning, a job the artifact's canonical JSON (RFC 8785) could not carry.
+
+    The schema bounds integers to 2^53 − 1 (the largest an RFC 8785 / I-JSON
+    number holds exactly); this catches whatever a future field lets through,
+    instead of failing at hashing after the data was touched.
+    """
+    import rfc8785
+
+    try:
+        rfc8785.dumps(job.to_dict())
+    except Exception as exc:
+        raise JobRejected(
+            f"The job holds a value its signed artifact could not carry ({exc}).",
+            [f"canonical JSON: {exc}"],
+        ) from None

@@ -96,6 +96,9 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
 
 def _with_fields(message: str, record: logging.LogRecord) -> str:
     fields = extra_fields(record)
+    # Fields the message already says (per-epoch progress) go to JSON logs only.
+    for key in getattr(record, "_json_only", ()):
+        fields.pop(key, None)
     if not fields:
         return message
     return message + " [" + " ".join(f"{k}={v}" for k, v in fields.items()) + "]"

@@ -74,6 +74,11 @@ PRECHECK_SHARE = 0.9
 DP_METRICS = ("diverged",)
 #: Provenance keys released for private data (library versions, the opaque dataset id).
 RELEASED_PROVENANCE = ("versions", "backend", "dataset", "dataset_version", "noise_source")
+#: Under the state directory: one directory per job that a trainer may checkpoint into
+#: (`pandacead_opacus.checkpoint`); removed by the pipeline when the job ends.
+CHECKPOINTS_DIR = "checkpoints"
+#: The job row's `error` while a job handed back at a stop waits in the spool (not a failed attempt).
+HANDED_BACK = "handed back: the daemon stopped; it resumes at the next start"
 
 
 class Deferred(OSError):
@@ -153,7 +158,9 @@ class Pipeline:
         """
         if not self.noise_key:
             return self.ctx
-        seed = noise_seed(self.noise_key, job.job_id, job.seed)
+        # The scope (buyer account, or "" for the admin's inbox) of the file being processed:
+        # job_ids are unique only within it (Pipeline.process sets it).
+        seed = noise_seed(self.noise_key, job.job_id, job.seed, getattr(self._local, "scope", ""))
         return dataclasses.replace(self.ctx, options={**self.ctx.options, "noise_seed": seed})
 
     def _trainer_call(self, trainer: Any, op: str, job: Job, plan: PrivacyPlan | None, progress: Any) -> Any:
@@ -334,9 +341,15 @@ class Pipeline:
         self._local.touched = False
         self._local.touched_job = job.job_id
         private_data = not self._dataset_public(job)
+        # Per-epoch lines: at INFO for the first and last epoch and at most one per
+        # `daemon.progress_log_seconds` between (DEBUG otherwise), so a 1000-epoch job does
+        # not flood the journal; the whole history goes into the job's final progress row.
+        history: list[dict[str, Any]] = []
+        last_info = [-math.inf]
+        throttle = float(self.settings.daemon.get("progress_log_seconds", 10.0))
 
         def progress(p: dict[str, Any]) -> None:
-            extra = {"job_id": job.job_id, "user_id": job.user_id}
+            extra: dict[str, Any] = {"job_id": job.job_id, "user_id": job.user_id}
             if (p.get("stage") == "data_loaded" or p.get("epoch") is not None) and not self._local.touched:
                 # From here on the job is charged whatever happens (docs/privacy.md). Durable for
                 # private data: a job row with progress is one whose trainer read the data.
@@ -350,12 +363,21 @@ class Pipeline:
             if p.get("epoch") is None:
                 log.info("job %s: %s", job.job_id, p.get("stage") or p.get("message") or p, extra=extra)
                 return
-            log.info(
-                "job %s progress: epoch %s/%s loss %s ε so far %s", job.job_id, p.get("epoch"), p.get("epochs"),
-                _fmt(p.get("loss")), _fmt(p.get("epsilon")), extra=extra,
+            history.append({k: p.get(k) for k in ("epoch", "loss", "epsilon", "epsilon_exact", "steps") if k in p})
+            now_m = time.monotonic()
+            final = p.get("epoch") == p.get("epochs")
+            level = logging.DEBUG
+            if final or p.get("epoch") == 1 or now_m - last_info[0] >= throttle:
+                level, last_info[0] = logging.INFO, now_m
+            fields = {"epoch": p.get("epoch"), "epochs": p.get("epochs"), "loss": p.get("loss"),
+                      "epsilon_so_far": p.get("epsilon"), "epsilon_exact": p.get("epsilon_exact")}
+            log.log(
+                level, "job %s progress: epoch %s/%s loss %s ε so far %s", job.job_id, p.get("epoch"),
+                p.get("epochs"), _fmt(p.get("loss")), _fmt(p.get("epsilon")),
+                extra={**extra, **fields, "_json_only": tuple(fields)},
             )
-            if p.get("epoch") == p.get("epochs"):
-                self._local.final_progress = (row_id, p)
+            if final:
+                self._local.final_progress = (row_id, {**p, "history": history})
                 return
             now = time.monotonic()
             if now - last[0] >= 0.5:
@@ -516,6 +538,11 @@ class Pipeline:
             ) from None
         return path
 
+    def drop_checkpoints(self, job_id: str) -> None:
+        """Remove state/checkpoints/<job_id>/, the scratch a trainer resumes a handed-back job from."""
+        if job_id and job_id[0].isalnum() and "/" not in job_id:
+            shutil.rmtree(self.settings.state / CHECKPOINTS_DIR / job_id, ignore_errors=True)
+
     def cleanup(self, spooled: Path, set_aside: bool = False) -> None:
         """Remove the claimed file (special files are moved to state/rejected/ instead)."""
         if set_aside:
@@ -540,6 +567,7 @@ class Pipeline:
         fname = spooled.name
         prior = led.job_by_file(fname)
         scope = spooled_account(spooled) or ""
+        self._local.scope = scope
         if prior is not None and prior["status"] in ("rejected", "failed"):
             # Recorded but maybe not published before a crash: publish (again) and clean up.
             self.publish_error(prior["job_id"], prior["status"], prior["error"] or "", prior.get("details") or [],
@@ -585,6 +613,10 @@ class Pipeline:
             return self._fail(spooled, job, outcome_name, exc, trainer, row_id)
         except HandedBack:
             log.info("job %s handed back: the daemon is stopping; it resumes at the next start", outcome_name)
+            if row_id is not None:
+                # A graceful hand-back is no failed attempt: `_resume` does not count it (only crashes do).
+                with contextlib.suppress(Exception):
+                    led.job_event(job.job_id if job else outcome_name, "running", row_id=row_id, error=HANDED_BACK)
             raise
         except Deferred:
             raise
@@ -619,6 +651,7 @@ class Pipeline:
         log.info("job %s committed ε=%.6g δ=%.3g for user %s", job.job_id, result.epsilon, result.delta,
                  job.user_id, extra=extra)
         self.record_final_progress()
+        self.drop_checkpoints(job.job_id)
         self.cleanup(spooled)
         out = Outcome(job.job_id, "succeeded", job.user_id, trainer.name, result.epsilon, artifact=path)
         self._notify(job, out)
@@ -653,6 +686,7 @@ class Pipeline:
             raise JobFailed(f"Job {job.job_id} lost its reservation during a crash; it was not run.")
         if spend["state"] == "committed":
             led.job_event(job.job_id, "succeeded", row_id=row_id, epsilon=spend["epsilon"])
+            self.drop_checkpoints(job.job_id)
             self.cleanup(spooled)
             return Outcome(job.job_id, "succeeded", job.user_id, spend["backend"], spend["epsilon"])
         if spend["state"] == "released":
@@ -663,6 +697,7 @@ class Pipeline:
             if art.get("user_id") == job.user_id and art.get("job_id") == job.job_id:
                 log.info("job %s recovered: its artifact was published before a crash", job.job_id, extra=extra)
                 self._commit(job, float(art["epsilon"]), float(art["dp"]["delta"]), row_id, scope)
+                self.drop_checkpoints(job.job_id)
                 self.cleanup(spooled)
                 out = Outcome(job.job_id, "succeeded", job.user_id, spend["backend"], art["epsilon"], artifact=art_path)
                 self._notify(job, out)
@@ -672,7 +707,13 @@ class Pipeline:
         except Deferred as exc:
             self._note_waiting(job, row_id, exc.reason)
             raise
-        attempts = led.bump_attempts(row_id)
+        if (prior.get("error") or "") == HANDED_BACK:
+            # The last run was handed back, not interrupted: no attempt spent. Clear the mark so that a
+            # crash of this run counts.
+            led.job_event(job.job_id, "running", row_id=row_id, error=None)
+            attempts = int(prior.get("attempts") or 0)
+        else:
+            attempts = led.bump_attempts(row_id)
         if attempts >= int(self.settings.daemon.get("max_attempts", 3)):
             last = prior.get("error") or ""
             if last.startswith("waiting: "):
@@ -684,7 +725,7 @@ class Pipeline:
         plan = self.plan(job, trainer)
         if plan.epsilon > spend["epsilon_reserved"] * (1 + SLACK) or plan.delta > spend["delta_reserved"] * (1 + SLACK):
             raise JobFailed(f"Job {job.job_id}: its plan changed since its reservation; it was not run again.")
-        log.info("job %s resumed after a crash (attempt %d)", job.job_id, attempts + 1, extra=extra)
+        log.info("job %s resumed (attempt %d)", job.job_id, attempts + 1, extra=extra)
         return self._train_and_publish(spooled, job, trainer, plan, row_id)
 
     def _fail(
@@ -735,6 +776,8 @@ class Pipeline:
                 errno.EBUSY,
             ) from None
         faults.point("error_recorded")
+        if job is not None and row_id is not None:  # this file's own job (not a replay of another's id)
+            self.drop_checkpoints(job.job_id)
         self.publish_error(job_id, exc.status, exc.message, exc.details, report, scope=scope)
         faults.point("error_published")
         log.warning("job %s %s: %s", job_id, exc.status, exc.message, extra=extra)

@@ -56,13 +56,17 @@ def may_train_on(trainer: Any, info: DatasetInfo | None, job_id: str, dataset: s
     )
 
 
-def noise_seed(key: bytes, job_id: str, seed: int) -> int:
-    """The per-job secret seed of DP noise and sampling: HMAC(host noise key, job_id, seed).
+def noise_seed(key: bytes, job_id: str, seed: int, scope: str = "") -> int:
+    """The per-job secret seed of DP noise and sampling: HMAC(host noise key, scope, job_id, seed).
 
-    Unique per job (job ids are never reused), reproducible on the host (crash
-    recovery retrains identically), unknown to the buyer who chose `seed`.
+    Unique per job (a job_id is never reused within its scope — a buyer account,
+    or "" for the admin's inbox — and the scope is part of the message, so two
+    buyers choosing the same job_id and seed still get different noise),
+    reproducible on the host (crash recovery retrains identically), unknown to
+    the buyer who chose `seed`.
     """
-    mac = hmac.new(key, f"{job_id}\0{seed}".encode(), hashlib.sha256).digest()
+    msg = f"{job_id}\0{seed}" if not scope else f"{scope}\0{job_id}\0{seed}"
+    mac = hmac.new(key, msg.encode(), hashlib.sha256).digest()
     return int.from_bytes(mac[:8], "big") >> 1
 
 

@@ -162,63 +162,114 @@ def _jsonable(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 class WorkerProcess:
-    """One warm worker process."""
+    """One warm worker process.
+
+    Ownership: the thread that holds the worker (a job's thread through
+    `WorkerPool.worker()`, or the pool's warm-up thread) is the only one that
+    starts the process, reads its replies and finally discards it. Any thread
+    may call `kill()` at any time and any number of times (SIGTERM hand-back,
+    `jobs cancel`, pool shutdown): it only signals the process group, under
+    `_lock`, so the owner sees end-of-file and cleans up. `retire()` also
+    forbids any later start, so a warm-up that loses the race against shutdown
+    cannot leave a process behind.
+    """
 
     def __init__(self, home: Path, env: dict[str, str] | None = None, stopping: threading.Event | None = None):
         self.home = home
         self.env = env
         self.stopping = stopping or threading.Event()
         self.jobs_done = 0
+        self.generation = 0  # the pool's configuration generation this process was started under
         self.proc: subprocess.Popen[bytes] | None = None
         self._buf = b""
+        self._lock = threading.Lock()
+        self._retired = False
+        self._kill_reason: str | None = None
 
     def start(self) -> None:
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
             env.pop(name, None)  # only the daemon's main loop talks to systemd
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pandacead.worker", "--home", str(self.home)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # a SIGINT at the terminal goes to the daemon, which decides
-        )
+        self._discard()
+        with self._lock:  # a kill() from another thread sees the process as soon as it exists
+            if self._retired or self.stopping.is_set():
+                raise HandedBack()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pandacead.worker", "--home", str(self.home)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # a SIGINT at the terminal goes to the daemon, which decides
+            )
         hello = self._read(timeout=120.0, on_progress=None)
         if hello.get("type") != "hello":
             raise JobFailed(f"The worker process did not start properly: {hello}.")
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        proc = self.proc
+        return proc is not None and proc.poll() is None
 
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+    def kill(self, reason: str | None = None) -> None:
+        """SIGKILL the worker's process group; safe from any thread, any number of times.
+
+        `reason` (e.g. "the job was cancelled") is what the job's failure then
+        says instead of guessing at the cause of the death.
+        """
+        with self._lock:
+            proc = self.proc
+            if proc is None or proc.returncode is not None:
+                return
+            if reason and not self._kill_reason:
+                self._kill_reason = reason
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
-            self.proc.wait(timeout=10)
-        for stream in (self.proc.stdin, self.proc.stdout):
+            proc.wait(timeout=10)
+
+    def retire(self) -> None:
+        """Kill the process and forbid any later start (pool shutdown)."""
+        with self._lock:
+            self._retired = True
+        self.kill()
+
+    def _discard(self) -> None:
+        """Owner only: make sure the process is gone, close its pipes and forget it."""
+        self.kill()
+        with self._lock:
+            proc, self.proc = self.proc, None
+            self._buf = b""
+            self._kill_reason = None
+        if proc is None:
+            return
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=10)
+        for stream in (proc.stdin, proc.stdout):
             with contextlib.suppress(Exception):
                 if stream:
                     stream.close()
-        self.proc = None
 
     def stop(self) -> None:
-        if self.proc is None:
+        """Owner only: ask the worker to exit (end of its stdin), then make sure it did."""
+        proc = self.proc
+        if proc is None:
             return
         with contextlib.suppress(Exception):
-            assert self.proc.stdin
-            self.proc.stdin.close()
-            self.proc.wait(timeout=5)
-        self.kill()
+            assert proc.stdin
+            proc.stdin.close()
+            proc.wait(timeout=5)
+        self._discard()
 
     def _death(self) -> str:
-        assert self.proc is not None
+        proc = self.proc
+        if self._kill_reason:
+            return self._kill_reason
+        if proc is None:
+            return "the worker process was stopped"
         with contextlib.suppress(Exception):
-            self.proc.wait(timeout=5)
-        rc = self.proc.returncode
+            proc.wait(timeout=5)
+        rc = proc.returncode
         if rc is not None and rc < 0:
             name = signal.Signals(-rc).name
             if -rc == signal.SIGKILL:
@@ -227,8 +278,10 @@ class WorkerProcess:
         return f"the worker process exited unexpectedly (exit code {rc})"
 
     def _read(self, timeout: float, on_progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
+        proc = self.proc
+        if proc is None or proc.stdout is None:
+            raise EOFError
+        fd = proc.stdout.fileno()
         deadline = time.monotonic() + timeout
         sel = selectors.DefaultSelector()
         sel.register(fd, selectors.EVENT_READ)
@@ -266,28 +319,30 @@ class WorkerProcess:
         self, request: dict[str, Any], timeout: float,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> Any:
-        if not self.alive:
-            self.start()
-        assert self.proc is not None and self.proc.stdin is not None
         try:
-            self.proc.stdin.write((json.dumps(request) + "\n").encode("utf-8"))
-            self.proc.stdin.flush()
+            if not self.alive:
+                self.start()
+            proc = self.proc
+            if proc is None or proc.stdin is None:
+                raise EOFError
+            proc.stdin.write((json.dumps(request) + "\n").encode("utf-8"))
+            proc.stdin.flush()
             msg = self._read(timeout, on_progress)
         except TimeoutError:
-            self.kill()
+            self._discard()
             if self.stopping.is_set():
                 raise HandedBack() from None
             lost = JobFailed(f"The training did not finish within {timeout:g} s and was stopped.")
             lost.worker_lost = True  # type: ignore[attr-defined]  # see Pipeline.train
             raise lost from None
         except (EOFError, BrokenPipeError, OSError, ValueError):
-            if self.stopping.is_set():
-                self.kill()
+            if self.stopping.is_set() or self._retired:
+                self._discard()
                 raise HandedBack() from None
             why = self._death()
-            self.kill()
+            self._discard()
             lost = JobFailed(f"The training stopped because {why}.")
-            lost.worker_lost = True  # type: ignore[attr-defined]
+            lost.worker_lost = True  # type: ignore[attr-defined]  # see Pipeline.train
             raise lost from None
         if msg.get("type") == "result":
             return msg.get("value")
@@ -325,6 +380,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self.closed = False
+        self.generation = 0
         for _ in range(size):
             w = WorkerProcess(home, env, self.stopping)
             self._all.append(w)
@@ -333,14 +389,23 @@ class WorkerPool:
     @contextlib.contextmanager
     def worker(self) -> Any:
         w = self._idle.get()
+        if self.stopping.is_set() or self.closed:
+            self._idle.put(w)
+            raise HandedBack()
+        if w.generation != self.generation:  # started under a configuration since reloaded
+            w.stop()
+            w.generation = self.generation
         try:
             yield w
         finally:
             w.jobs_done += 1
-            if w.alive and self.max_jobs and w.jobs_done >= self.max_jobs * 2:
-                # plan + train count as two calls
+            if w.alive and (
+                (self.max_jobs and w.jobs_done >= self.max_jobs * 2)  # plan + train count as two calls
+                or w.generation != self.generation
+            ):
                 w.stop()
                 w.jobs_done = 0
+                w.generation = self.generation
             if self.warm_request is not None and not w.alive:
                 self._warm_in_background(w)  # back in the idle queue once warm
             else:
@@ -355,12 +420,14 @@ class WorkerPool:
                              ", ".join(info.get("trainers", []) + info.get("modules", [])) or "nothing to load")
                     for err in info.get("errors", []):
                         log.warning("worker warm-up: %s", err)
+            except HandedBack:
+                pass  # shutting down while warming: nothing to report
             except Exception as exc:  # the next job starts it again, cold
-                log.warning("warming a worker failed: %s", exc)
+                if not (self.closed or self.stopping.is_set()):
+                    log.warning("warming a worker failed: %s", exc)
             finally:
-                with self._lock:
-                    if self.closed:
-                        w.kill()
+                if self.closed or self.stopping.is_set():
+                    w._discard()  # this thread owns the worker until it is back in the queue
                 self._idle.put(w)
 
         t = threading.Thread(target=run, name="worker-warm", daemon=True)
@@ -385,6 +452,10 @@ class WorkerPool:
                     w.start()
             self._idle.put(w)
 
+    def recycle(self) -> None:
+        """Replace every worker after its current job (idle ones at their next job): a reload changed the config."""
+        self.generation += 1
+
     def hand_back(self) -> None:
         """Stop the running trainings; their jobs stay spooled and resume at the next start."""
         self.stopping.set()
@@ -392,14 +463,20 @@ class WorkerPool:
             w.kill()
 
     def close(self) -> None:
+        """Stop every worker; warm-ups in progress are cancelled (their processes killed)."""
         with self._lock:
             self.closed = True
             threads = list(self._threads)
+        warming = any(t.is_alive() for t in threads)
         for w in self._all:
-            if any(t.is_alive() for t in threads):
-                w.kill()  # a warm-up in progress: nothing to finish
+            if warming:
+                w.retire()  # a warm-up in progress: nothing to finish; a retired worker never starts again
+            else:
+                with w._lock:
+                    w._retired = True
         for t in threads:
-            t.join(timeout=10)
+            t.join(timeout=30)
+        # Each worker is back in the idle queue now (no job and no warm-up holds it): this thread owns them.
         for w in self._all:
             w.stop()
 

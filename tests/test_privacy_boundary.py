@@ -367,3 +367,14 @@ def test_the_contract_catches_noise_from_the_buyer_seed_and_unannounced_reads(tm
     from pandacead.default_mock import MockTrainer
 
     check_private_data_gate(MockTrainer(), ctx)  # non-private and refused on private data: passes
+
+
+def test_two_buyers_with_the_same_job_id_and_seed_get_different_noise():
+    """job_ids are scoped per account: the scope is part of the secret seed, so a sybil
+    pair choosing one job_id and seed cannot make two releases share noise."""
+    from pandacead.trainers import noise_seed
+
+    key = b"k" * 32
+    seeds = {noise_seed(key, "same", 7, scope) for scope in ("", "b1", "b2")}
+    assert len(seeds) == 3
+    assert noise_seed(key, "same", 7, "b1") == noise_seed(key, "same", 7, "b1")

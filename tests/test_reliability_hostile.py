@@ -59,7 +59,7 @@ def _check_accepted(job: Any) -> None:
     assert type(job.epochs) is int and 1 <= job.epochs <= 1000
     assert type(job.batch_size) is int and 1 <= job.batch_size <= 65536
     assert finite(job.learning_rate) and 0 < job.learning_rate <= 100
-    assert type(job.seed) is int and 0 <= job.seed < 2**64
+    assert type(job.seed) is int and 0 <= job.seed < 2**53
     assert job.task in ("classification", "regression") and job.model.type in ("linear", "mlp")
     assert all(type(h) is int and 1 <= h <= 1024 for h in job.model.hidden) and len(job.model.hidden) <= 4
 

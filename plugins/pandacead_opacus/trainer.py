@@ -287,6 +287,7 @@ class OpacusTrainer:
             grad_sample_mode=plan.details.get("grad_sample_mode"),
             secure_mode=ctx.secure_mode,
             noise_seed=ctx.options.get("noise_seed"),
+            checkpoint_dir=ctx.state_dir if ctx.options.get("checkpoints") else None,
         )
         result["provenance"]["backend"] = "opacus"
         return TrainResult(**result)

@@ -217,8 +217,14 @@ def train_arrays(
     grad_sample_mode: str | None = None,
     secure_mode: bool = False,
     noise_seed: int | None = None,
+    checkpoint_dir: str | None = None,
 ) -> dict[str, Any]:
     """Train `job` with DP-SGD under `plan` on `arrays` (X_train, y_train, X_test, y_test).
+
+    With `checkpoint_dir` (the host's state directory) and a secret
+    `noise_seed`, the run saves a checkpoint after every epoch and resumes
+    from the last one it finds for the same job, plan and seed, with the same
+    result as an uninterrupted run (`pandacead_opacus.checkpoint`).
 
     `noise_seed` is the secret seed of Poisson sampling and noise (see the
     module docstring); never derive it from anything the buyer knows.
@@ -240,6 +246,7 @@ def train_arrays(
             grad_sample_mode=grad_sample_mode,
             secure_mode=secure_mode,
             noise_seed=noise_seed,
+            checkpoint_dir=checkpoint_dir,
         )
 
 
@@ -253,6 +260,7 @@ def _train_arrays(
     grad_sample_mode: str | None,
     secure_mode: bool,
     noise_seed: int | None,
+    checkpoint_dir: str | None = None,
 ) -> dict[str, Any]:
     import torch
     from opacus import PrivacyEngine
@@ -352,8 +360,19 @@ def _train_arrays(
     eps_so_far = 0.0
     reported = 0.0  # the largest ε reported so far: progress never goes down
     diverged = False
+    first_epoch, losses, ckpt = 1, [], None
+    if checkpoint_dir and noise_seed is not None and sampling_gen is not None and noise_gen is not None:
+        from .checkpoint import Checkpoint
+
+        ckpt = Checkpoint(checkpoint_dir, job, plan, int(noise_seed))
+        gens = {"sampling": sampling_gen, "noise": noise_gen}
+        saved = ckpt.restore(model=model, optimizer=optimizer, accountant=engine.accountant, generators=gens)
+        if saved is not None and saved["steps"] == saved["epoch"] * schedule["steps_per_epoch"]:
+            first_epoch, steps, losses = saved["epoch"] + 1, saved["steps"], list(saved.get("losses") or [])
+            progress({"stage": f"resumed from its checkpoint after epoch {saved['epoch']} of {epochs}",
+                      "resumed_epoch": saved["epoch"]})
     t_train = time.monotonic()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         dp_model.train()
         loss_sum, loss_n = 0.0, 0
         for xb, yb in dp_loader:
@@ -374,6 +393,10 @@ def _train_arrays(
                 loss_n += len(xb)
         if diverged:
             break
+        losses.append((loss_sum / loss_n) if loss_n else None)
+        if ckpt is not None and epoch < epochs:  # before reporting: a stop from here on resumes after this epoch
+            ckpt.save(epoch=epoch, steps=steps, model=model, optimizer=optimizer, accountant=engine.accountant,
+                      generators=gens, losses=losses)
         # ε so far: the job's accountant on the full history at the last epoch
         # and whenever that is cheap; otherwise the smaller of two valid upper
         # bounds (RDP at these steps, the plan's final ε), flagged not exact.
@@ -407,6 +430,8 @@ def _train_arrays(
             }
         )
     train_seconds = time.monotonic() - t_train
+    if ckpt is not None:
+        ckpt.discard()  # the run is complete (or diverged): nothing to resume
     if diverged:
         raise Diverged(
             "Training diverged: the DP model's parameters became non-finite, so it was stopped.",
