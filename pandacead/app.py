@@ -72,6 +72,10 @@ def build_context(settings: Settings) -> TrainerContext:
         secure_mode=bool(t.get("secure_mode", False)),
         max_steps=int(t.get("max_steps", 200_000)),
         options={"home": str(settings.home), "dataset_errors": errors, **(t.get("options") or {})},
+        device=str(t.get("device", "auto")),
+        world_size=int(t.get("world_size", 1)),
+        max_physical_batch_size=int(t.get("max_physical_batch_size", 0)),
+        memory={k: t[k] for k in ("memory_limit_mb", "device_memory_mb", "cuda_memory_fraction") if k in t},
     )
 
 

@@ -81,3 +81,28 @@ def test_two_process_dpddp_spends_the_planned_epsilon_and_trains_as_well(
     # Secret: another job secret gives another model (sampling and noise move with it).
     three = train_arrays(job.to_dict(), plan, arrays, 1, noise_seed=12, world_size=2)
     assert three["model"] != two["model"]
+
+
+@pytest.mark.slow
+def test_two_processes_add_the_noise_once_with_the_global_scale(tmp_path: Any) -> None:
+    """Attack: zero features make every gradient 0, so one step moves the weights by noise alone.
+
+    One noise draw N(0, (σC)²) divided by the global expected batch B gives
+    weights of std lr·σC/B. Noise added on both ranks would give √2 times
+    that; dividing by the per-rank batch, twice that.
+    """
+    n, d = 125, 400  # 100 training rows, q = 1, one step
+    y = np.arange(n) % 2
+    np.savez(tmp_path / "z.npz", X=np.zeros((n, d)), y=y)
+    info = datasets.describe("zeros", {"kind": "npz", "path": "z.npz", "task": "classification"}, tmp_path)
+    sigma, clip, lr = 2.0, 0.5, 1.0
+    job = Job(job_id="ddp0", user_id="alice", dataset="zeros", epochs=1, batch_size=100, learning_rate=lr,
+              dp=DPParams(epsilon=100.0, delta=1e-3, clip=clip, noise_multiplier=sigma, accountant="rdp"),
+              model=ModelSpec())
+    plan = TRAINER.plan(job, _ctx(info)).to_dict()
+    assert (plan["sample_rate"], plan["steps"]) == (1.0, 1)
+    arrs = dict(zip(("X_train", "y_train", "X_test", "y_test"), datasets.load(info, tmp_path)))
+    result = train_arrays(job.to_dict(), plan, arrs, 1, noise_seed=2**62 + 5, world_size=2)
+    model, _ = models.load_model(result["model"])
+    w = model[0].weight.detach().numpy().ravel()
+    assert w.std() == pytest.approx(lr * sigma * clip / 100, rel=0.15)
