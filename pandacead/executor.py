@@ -94,6 +94,9 @@ class RayExecutor:
         self._lock = threading.Lock()
 
     def _connect(self) -> Any:
+        # Ray's C++ core would otherwise take SIGTERM from the daemon's own handler (drain, hand back)
+        # and abort the process.
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
         import ray  # heavy: imported at the first dispatched job, never at daemon start
 
         with self._lock:
