@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import drop, job, ledger, make_home, outcomes, run_once
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("opacus")
@@ -106,3 +107,37 @@ def test_two_processes_add_the_noise_once_with_the_global_scale(tmp_path: Any) -
     model, _ = models.load_model(result["model"])
     w = model[0].weight.detach().numpy().ravel()
     assert w.std() == pytest.approx(lr * sigma * clip / 100, rel=0.15)
+
+
+def test_batch_memory_manager_splits_batches_without_changing_the_privacy(
+    synthetic: DatasetInfo, arrays: dict[str, np.ndarray]
+) -> None:
+    job = Job(job_id="bmm", user_id="alice", dp=DPParams(epsilon=2.0, delta=1e-5, accountant="rdp"),
+              model=ModelSpec(), epochs=1, batch_size=200, learning_rate=0.5)
+    plan = TRAINER.plan(job, _ctx(synthetic, grad_sample_mode="hooks")).to_dict()
+    split = train_arrays(job.to_dict(), plan, arrays, 1, noise_seed=3, max_physical_batch_size=16)
+    whole = train_arrays(job.to_dict(), plan, arrays, 1, noise_seed=3)
+    assert split["training_params"]["steps"] == whole["training_params"]["steps"] == plan["steps"]
+    assert split["epsilon"] == whole["epsilon"] == plan["epsilon"]
+    assert split["training_params"]["max_physical_batch_size"] == 16
+    # Same Poisson batches and the same noise, summed in pieces: the same model up to float rounding.
+    a, _ = models.load_model(split["model"])
+    b, _ = models.load_model(whole["model"])
+    for (ka, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.allclose(va, vb, atol=1e-4), ka
+
+
+@pytest.mark.slow
+def test_a_daemon_with_world_size_2_publishes_a_job_charged_once(tmp_path: Any) -> None:
+    home = make_home(tmp_path / "h", backend="opacus")
+    cfg = home / "pandacead.toml"
+    cfg.write_text(cfg.read_text().replace("torch_threads = 1", "torch_threads = 1\nworld_size = 2", 1))
+    drop(home, "d.json", job("d", epochs=2, batch_size=64, learning_rate=0.5,
+                              dp={"enabled": True, "epsilon": 2.0, "delta": 1e-5, "clip": 1.0, "accountant": "rdp"}))
+    r = run_once(home, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert outcomes(home) == {"d": "artifact"}
+    art = json.loads((home / "outbox" / "d.json").read_bytes())
+    assert art["training_params"]["world_size"] == 2
+    spend = ledger(home).spend("d")
+    assert spend["state"] == "committed" and spend["epsilon"] == pytest.approx(art["epsilon"])
