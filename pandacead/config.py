@@ -103,6 +103,10 @@ memory_limit_mb = 4096
 torch_threads = 1
 accountant = "prv"      # "prv" (tighter) or "rdp"
 prewarm = "auto"        # start workers at daemon start and import torch/opacus there
+device = "auto"         # "auto" | "cpu" | "cuda" | "cuda:N"; world_size = N trains one job on N GPUs (docs/scale.md)
+
+[executor]
+kind = "local"          # "ray": train on a Ray cluster (address = "HOST:PORT"); this daemon still admits and charges
 
 [signing]
 key = "state/keys/ed25519.pem"

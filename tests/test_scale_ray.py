@@ -110,3 +110,34 @@ def test_twenty_jobs_on_two_nodes_survive_a_node_killed_mid_run(tmp_path, cluste
     for pid in left:
         os.kill(pid, 9)
     assert not left
+
+
+def test_a_duplicate_delivery_trains_the_same_model_under_one_reservation(tmp_path, cluster):
+    """At least once: the same train request run twice on the cluster gives the same release, nothing more."""
+    from pandacead_opacus.trainer import OpacusTrainer
+
+    from pandacead.app import App
+    from pandacead.config import load_settings
+    from pandacead.executor import RayExecutor
+    from pandacead.jobs import Job
+    from pandacead.pipeline import Pipeline
+
+    home = _ray_home(tmp_path / "d", cluster.address)
+    settings = load_settings(home, environ={})
+    app = App(settings)
+    pipeline = Pipeline(settings, app.plugins, app.ctx, "test", noise_key=app.noise_key)
+    job = Job.from_dict({**_job(1), "job_id": "dup"})
+    ctx = pipeline.job_context(job)
+    assert ctx.options["noise_seed"]  # the secret travels with the request, as to a local worker
+    plan = OpacusTrainer().plan(job, ctx)
+    request = {"op": "train", "trainer": "opacus", "job": job.to_dict(), "ctx": ctx.to_dict(), "plan": plan.to_dict()}
+    ex = RayExecutor(home, settings.data["executor"])
+    try:
+        first = ex.train(request, 300)
+        second = ex.train(request, 300)
+    finally:
+        import ray
+
+        ray.shutdown()
+    assert first["model"] == second["model"] and first["epsilon"] == second["epsilon"] == plan.epsilon
+    assert ledger(home).spends() == []  # the executor never touches the ledger: the daemon charges, once
