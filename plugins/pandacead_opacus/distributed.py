@@ -82,6 +82,7 @@ def train_distributed(
     world_size: int,
     device: str = "cpu",
     max_physical_batch_size: int = 0,
+    cuda_memory_fraction: float = 0.9,
 ) -> dict[str, Any]:
     """Train on `world_size` rank processes; returns what `training.train_arrays` returns."""
     progress = progress or (lambda _event: None)
@@ -107,6 +108,7 @@ def train_distributed(
             "job": job, "plan": plan, "threads": int(threads or 1), "grad_sample_mode": grad_sample_mode,
             "secure_mode": bool(secure_mode), "noise_seed": int(noise_seed), "world_size": world_size,
             "device": device, "arrays": sorted(arrays), "max_physical_batch_size": int(max_physical_batch_size or 0),
+            "cuda_memory_fraction": float(cuda_memory_fraction),
         }
         (tmp / "spec.json").write_text(json.dumps(spec), "utf-8")
         env = dict(os.environ)
@@ -273,6 +275,7 @@ def _rank_train(
     noise_gen = None if secure else torch.Generator(device=device).manual_seed(rank_seed(secret, "noise", rank))
     torch.manual_seed(rank_seed(secret, "global", rank))
     if device.type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(float(spec.get("cuda_memory_fraction", 0.9)), device)
         torch.cuda.manual_seed(rank_seed(secret, "global", rank))
     ddp_model = DPDDP(model)  # broadcasts rank 0's weights
     head = arch["head"]

@@ -271,7 +271,9 @@ class OpacusTrainer:
         from pandacead.devices import cap_cuda_memory, resolve_device
 
         device = resolve_device(ctx.device)
-        cap_cuda_memory(device, float(ctx.memory.get("cuda_memory_fraction", 0.9)))
+        fraction = float(ctx.memory.get("cuda_memory_fraction", 0.9))
+        if ctx.world_size <= 1:  # rank processes cap their own device (pandacead_opacus.distributed)
+            cap_cuda_memory(device, fraction)
         result = train_arrays(
             job.to_dict(),
             plan.to_dict(),
@@ -284,6 +286,7 @@ class OpacusTrainer:
             device=device,
             world_size=ctx.world_size,
             max_physical_batch_size=ctx.max_physical_batch_size,
+            cuda_memory_fraction=fraction,
         )
         result["provenance"]["backend"] = "opacus"
         return TrainResult(**result)

@@ -196,6 +196,7 @@ def train_arrays(
     device: str = "cpu",
     world_size: int = 1,
     max_physical_batch_size: int = 0,
+    cuda_memory_fraction: float = 0.9,
 ) -> dict[str, Any]:
     """Train `job` with DP-SGD under `plan` on `arrays` (X_train, y_train, X_test, y_test).
 
@@ -215,7 +216,7 @@ def train_arrays(
         return train_distributed(
             job, plan, arrays, threads, progress, grad_sample_mode=grad_sample_mode, secure_mode=secure_mode,
             noise_seed=noise_seed, world_size=int(world_size), device=device,
-            max_physical_batch_size=max_physical_batch_size,
+            max_physical_batch_size=max_physical_batch_size, cuda_memory_fraction=cuda_memory_fraction,
         )
     with warnings.catch_warnings():
         for pattern in _NOISY_WARNINGS:
