@@ -84,6 +84,10 @@ def build_context(settings: Settings, key: bytes | None = None) -> TrainerContex
         # checkpoints: trainers may resume a handed-back job from state/checkpoints/ (docs/lifecycle.md)
         options={"home": str(settings.home), "dataset_errors": errors, "checkpoints": True,
                  "timeout_seconds": float(t.get("timeout_seconds", 900)), **(t.get("options") or {})},
+        device=str(t.get("device", "auto")),
+        world_size=int(t.get("world_size", 1)),
+        max_physical_batch_size=int(t.get("max_physical_batch_size", 0)),
+        memory={k: t[k] for k in ("memory_limit_mb", "device_memory_mb", "cuda_memory_fraction") if k in t},
     )
 
 

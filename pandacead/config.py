@@ -57,6 +57,20 @@ DEFAULTS: dict[str, Any] = {
         "preload": ["torch", "opacus"],  # modules a worker imports while warming
         "warm_timeout": 300.0,
         "options": {},  # free-form: read by trainer plugins (ctx.options)
+        "device": "auto",  # "auto" | "cpu" | "cuda" | "cuda:N" (docs/scale.md)
+        "world_size": 1,  # processes (GPUs) one job trains on: Opacus DPDDP when > 1
+        "max_physical_batch_size": 0,  # > 0: Opacus's BatchMemoryManager splits larger Poisson batches
+        "cuda_memory_fraction": 0.9,  # torch.cuda.set_per_process_memory_fraction for a CUDA worker
+        "device_memory_mb": 0,  # admission: device memory a job may use (0: ask the device, or memory_limit_mb on CPU)
+    },
+    "executor": {
+        "kind": "local",  # "local": this host's workers; "ray": train on a Ray cluster (docs/scale.md)
+        "address": "",  # Ray: "auto" on a cluster node, or "HOST:PORT" of the head
+        "namespace": "pandacead",
+        "node_home": "",  # the home's path on the nodes (default: the same path as here)
+        "num_cpus": 1,  # Ray resources one training task holds
+        "num_gpus": 0,
+        "max_retries": 3,  # re-runs of a task whose node or worker died (at-least-once delivery)
     },
     "datasets": {},
     "plugins": {"allow": [], "deny": [], "dirs": []},
@@ -101,6 +115,10 @@ memory_limit_mb = 4096
 torch_threads = 1
 accountant = "prv"      # "prv" (tighter) or "rdp"
 prewarm = "auto"        # start workers at daemon start and import torch/opacus there
+device = "auto"         # "auto" | "cpu" | "cuda" | "cuda:N"; world_size = N trains one job on N GPUs (docs/scale.md)
+
+[executor]
+kind = "local"          # "ray": train on a Ray cluster (address = "HOST:PORT"); this daemon still admits and charges
 
 [signing]
 key = "state/keys/ed25519.pem"
@@ -289,6 +307,11 @@ def _check(data: dict[str, Any], cfg: Path, where: Any = None) -> None:
     d = data["daemon"]
     if not isinstance(d.get("workers"), int) or isinstance(d.get("workers"), bool) or d["workers"] < 1:
         raise ConfigError(f"daemon.workers {at('daemon.workers')} must be an integer >= 1, not {d.get('workers')!r}.")
+    from pandacead.devices import check_config as check_device
+    from pandacead.executor import check_config as check_executor
+
+    check_device(data["trainer"], cfg)
+    check_executor(data["executor"], cfg)
 
 
 # --------------------------------------------------------------------------- known keys

@@ -175,6 +175,13 @@ class Pipeline:
         if plan is not None:
             request["plan"] = plan.to_dict()
         timeout = float(self.settings.trainer.get("timeout_seconds", 900))
+        if op == "train" and (self.settings.data.get("executor") or {}).get("kind", "local") != "local":
+            from pandacead.executor import remote_executor
+
+            # Only train leaves this host: plan, reserve, sign, publish, commit stay here (docs/scale.md).
+            value = remote_executor(self.settings).train(
+                request, timeout, on_progress=progress, stopping=getattr(self.pool, "stopping", None))
+            return TrainResult.from_dict(value)
         with self.pool.worker() as w:
             value = w.call(request, timeout=timeout if op == "train" else max(60.0, timeout / 10), on_progress=progress)
         return PrivacyPlan.from_dict(value) if op == "plan" else TrainResult.from_dict(value)

@@ -147,6 +147,11 @@ class TrainerContext:
     secure_mode: bool = False
     max_steps: int = 200_000
     options: dict[str, Any] = field(default_factory=dict)
+    # Where and on how many processes a job trains (pandacead.devices, docs/scale.md).
+    device: str = "auto"
+    world_size: int = 1
+    max_physical_batch_size: int = 0
+    memory: dict[str, Any] = field(default_factory=dict)  # memory_limit_mb, device_memory_mb, cuda_memory_fraction
 
     def dataset(self, job: Job) -> DatasetInfo:
         info = self.datasets.get(job.dataset)

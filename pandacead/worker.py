@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import queue
-import resource
 import selectors
 import signal
 import subprocess
@@ -54,8 +53,10 @@ def _serve(home: str) -> int:
     settings = load_settings(home)
     setup_logging(settings.data["logging"].get("level", "INFO"), settings.data["logging"].get("format", "auto"))
     limit = int(settings.trainer.get("memory_limit_mb", 0) or 0)
-    if limit > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (limit * 1024 * 1024, limit * 1024 * 1024))
+    if limit > 0:  # RLIMIT_AS on the CPU; a resident-memory watch where CUDA may start (pandacead.devices)
+        from pandacead.devices import apply_memory_limit
+
+        apply_memory_limit(settings.trainer)
     plugins = load_plugins(settings)
 
     def send(msg: dict[str, Any]) -> None:

@@ -67,6 +67,40 @@ def _grad_sample_mode(ctx: TrainerContext, expected_batch_size: int) -> str:
     return mode
 
 
+def _admit_memory(arch: dict[str, Any], expected_batch_size: float, mode: str, ctx: TrainerContext) -> dict[str, Any]:
+    """Refuse a job whose estimated memory does not fit the device (from the architecture and the public schedule)."""
+    from pandacead import devices
+
+    dims = [int(arch.get("input_dim") or 0), *[int(h) for h in arch.get("hidden") or []], int(arch.get("output_dim") or 1)]
+    n_params = sum((dims[i] + 1) * dims[i + 1] for i in range(len(dims) - 1))
+    n_activations = sum(dims)
+    batch = devices.physical_batch(expected_batch_size, ctx.world_size, ctx.max_physical_batch_size)
+    need = devices.estimate_training_bytes(n_params, n_activations, batch, mode)
+    # The device this host would train on; a Ray node's device is priced by [trainer] device_memory_mb.
+    if ctx.device == "cpu" or (ctx.device == "auto" and not devices.cuda_present()):
+        device = "cpu"
+    elif ctx.memory.get("device_memory_mb"):
+        device = ctx.device  # priced by the configured size, not by a device on this host
+    else:
+        try:
+            device = devices.resolve_device(ctx.device)
+        except JobFailed as exc:
+            raise JobRejected(
+                f"{exc.message} Set [trainer] device_memory_mb when the GPUs are on other nodes.", exc.details
+            ) from None
+    have = devices.available_bytes(ctx.memory, device)
+    out = {"estimated_mb": round(need / 2**20, 1), "physical_batch": batch, "device": device,
+           "available_mb": None if have is None else round(have / 2**20, 1)}
+    if have is not None and need > have:
+        raise JobRejected(
+            f"The job needs about {need / 2**20:.0f} MB on {device} (model of {n_params} parameters × "
+            f"physical batch {batch}, per-sample gradients), more than the {have / 2**20:.0f} MB this host "
+            "allows; lower batch_size, set [trainer] max_physical_batch_size, or use a smaller model.",
+            [f"memory: estimated {need} bytes > available {have}"],
+        )
+    return out
+
+
 def check_secure_mode(ctx: TrainerContext) -> None:
     """Refuse (before anything runs) when secure mode is on but torchcsprng is missing."""
     if not ctx.secure_mode:
@@ -172,7 +206,9 @@ class OpacusTrainer:
             )
 
         est = check_runtime(job, ctx, steps, sched["expected_batch_size"], arch)
+        memory = _admit_memory(arch, sched["expected_batch_size"], mode, ctx)
         details: dict[str, Any] = {
+            "memory": memory,
             "dataset": info.name,
             "dataset_version": info.commitment,
             "public_data": bool(info.public),
@@ -278,6 +314,12 @@ class OpacusTrainer:
         progress(dict(DATA_LOADED))  # from here on the job is charged whatever happens
         X_train, y_train, X_test, y_test = datasets.load(info, base_dir)
         arrays = {"X_train": X_train, "y_train": y_train, "X_test": X_test, "y_test": y_test}
+        from pandacead.devices import cap_cuda_memory, resolve_device
+
+        device = resolve_device(ctx.device)
+        fraction = float(ctx.memory.get("cuda_memory_fraction", 0.9))
+        if ctx.world_size <= 1:  # rank processes cap their own device (pandacead_opacus.distributed)
+            cap_cuda_memory(device, fraction)
         result = train_arrays(
             job.to_dict(),
             plan.to_dict(),
@@ -288,6 +330,10 @@ class OpacusTrainer:
             secure_mode=ctx.secure_mode,
             noise_seed=ctx.options.get("noise_seed"),
             checkpoint_dir=ctx.state_dir if ctx.options.get("checkpoints") else None,
+            device=device,
+            world_size=ctx.world_size,
+            max_physical_batch_size=ctx.max_physical_batch_size,
+            cuda_memory_fraction=fraction,
         )
         result["provenance"]["backend"] = "opacus"
         return TrainResult(**result)

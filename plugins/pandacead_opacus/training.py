@@ -66,12 +66,16 @@ def _derived_seed(secret: int, purpose: str) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def secret_generators(noise_seed: int | None) -> tuple[Any, Any, str]:
+def secret_generators(noise_seed: int | None, device: str = "cpu") -> tuple[Any, Any, str]:
     """(Poisson-sampling generator, noise generator, source) from the secret seed.
 
     Without a seed, both come from OS entropy (not reproducible, still secret).
     Torch's global RNG is reseeded from the same secret, so nothing after the
     model's initialisation draws from a stream the buyer's ``job.seed`` fixes.
+    The noise generator lives on `device` (Opacus draws the noise where the
+    gradients are: a CUDA generator for a CUDA model); Poisson sampling picks
+    row indices on the CPU, so its generator stays there. The seeds do not
+    depend on the device.
     """
     import torch
 
@@ -79,9 +83,27 @@ def secret_generators(noise_seed: int | None) -> tuple[Any, Any, str]:
     if noise_seed is None:
         noise_seed, source = secrets.randbits(63), "os entropy"
     sampling = torch.Generator().manual_seed(_derived_seed(int(noise_seed), "poisson"))
-    noise = torch.Generator().manual_seed(_derived_seed(int(noise_seed), "noise"))
-    torch.manual_seed(_derived_seed(int(noise_seed), "global"))
+    noise = torch.Generator(device=device).manual_seed(_derived_seed(int(noise_seed), "noise"))
+    torch.manual_seed(_derived_seed(int(noise_seed), "global"))  # also seeds every CUDA device
     return sampling, noise, source
+
+
+def physical_batches(loader: Any, optimizer: Any, max_physical_batch_size: int) -> Any:
+    """The loader's batches, split by Opacus's BatchMemoryManager when `max_physical_batch_size` > 0.
+
+    A logical (Poisson) batch larger than the device holds is processed in
+    physical pieces; the optimizer skips its step (no noise, no accounting)
+    until the logical batch's last piece, so privacy is unchanged.
+    """
+    if not max_physical_batch_size:
+        yield from loader
+        return
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+    with BatchMemoryManager(
+        data_loader=loader, max_physical_batch_size=int(max_physical_batch_size), optimizer=optimizer
+    ) as memory_safe_loader:
+        yield from memory_safe_loader
 
 
 def _criterion(head: str) -> Any:
@@ -218,6 +240,10 @@ def train_arrays(
     secure_mode: bool = False,
     noise_seed: int | None = None,
     checkpoint_dir: str | None = None,
+    device: str = "cpu",
+    world_size: int = 1,
+    max_physical_batch_size: int = 0,
+    cuda_memory_fraction: float = 0.9,
 ) -> dict[str, Any]:
     """Train `job` with DP-SGD under `plan` on `arrays` (X_train, y_train, X_test, y_test).
 
@@ -228,12 +254,22 @@ def train_arrays(
 
     `noise_seed` is the secret seed of Poisson sampling and noise (see the
     module docstring); never derive it from anything the buyer knows.
+    `device` is a resolved torch device ("cpu", "cuda:0"); `world_size` > 1
+    runs one job on that many processes (`pandacead_opacus.distributed`).
 
     Returns {"model": safetensors bytes, "epsilon", "delta", "n", "accuracy",
     "metrics", "training_params", "provenance"} — the fields of a TrainResult.
     Raises JobFailed if the run does not match the plan (rows, schedule) or
     spends more ε than planned.
     """
+    if int(world_size or 1) > 1:
+        from .distributed import train_distributed
+
+        return train_distributed(
+            job, plan, arrays, threads, progress, grad_sample_mode=grad_sample_mode, secure_mode=secure_mode,
+            noise_seed=noise_seed, world_size=int(world_size), device=device,
+            max_physical_batch_size=max_physical_batch_size, cuda_memory_fraction=cuda_memory_fraction,
+        )
     with warnings.catch_warnings():
         for pattern in _NOISY_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
@@ -247,6 +283,8 @@ def train_arrays(
             secure_mode=secure_mode,
             noise_seed=noise_seed,
             checkpoint_dir=checkpoint_dir,
+            device=device,
+            max_physical_batch_size=max_physical_batch_size,
         )
 
 
@@ -261,6 +299,8 @@ def _train_arrays(
     secure_mode: bool,
     noise_seed: int | None,
     checkpoint_dir: str | None = None,
+    device: str = "cpu",
+    max_physical_batch_size: int = 0,
 ) -> dict[str, Any]:
     import torch
     from opacus import PrivacyEngine
@@ -308,13 +348,14 @@ def _train_arrays(
             "The model for the training data differs from the planned one.",
             [f"architecture {arch} != planned {details.get('architecture')}"],
         )
-    model = _validated_model(arch)  # initial weights: from job["seed"] (public)
+    model = _validated_model(arch).to(device)  # initial weights: from job["seed"] (public)
+    on_cpu = torch.device(device).type == "cpu"
     # Everything after this point that is random is secret.
     if secure_mode:  # Opacus draws sampling and noise from torchcsprng
         sampling_gen, noise_gen, noise_source = None, None, "torchcsprng (secure mode)"
         secret_generators(None)
     else:
-        sampling_gen, noise_gen, noise_source = secret_generators(noise_seed)
+        sampling_gen, noise_gen, noise_source = secret_generators(noise_seed, device)
     head = arch["head"]
     criterion = _criterion(head)
     optimizer = torch.optim.SGD(model.parameters(), lr=float(job["learning_rate"]))
@@ -375,13 +416,16 @@ def _train_arrays(
     for epoch in range(first_epoch, epochs + 1):
         dp_model.train()
         loss_sum, loss_n = 0.0, 0
-        for xb, yb in dp_loader:
+        for xb, yb in physical_batches(dp_loader, dp_optimizer, max_physical_batch_size):
+            if not on_cpu:
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             dp_optimizer.zero_grad(set_to_none=True)
             out = _shape(head, dp_model(xb))
             loss = dp_criterion(out, yb)
             loss.backward()
             dp_optimizer.step()
-            steps += 1
+            if not getattr(dp_optimizer, "_is_last_step_skipped", False):  # BatchMemoryManager's pieces
+                steps += 1
             # Divergence is decided on the model alone — post-processing of the DP
             # updates — so stopping (and saying so) costs no privacy beyond the job's ε.
             if not _finite_model(model):
@@ -451,6 +495,7 @@ def _train_arrays(
             [f"epsilon: {final_eps} > planned {planned_eps}"],
         )
 
+    model = model.to("cpu")  # evaluation and safetensors work on CPU tensors
     # Exact held-out metrics are not DP: computed (and released) only for data the earner
     # declared public; for private data they are neither computed nor released.
     metrics = evaluate(model, arch, X_test, y_test) if details.get("public_data") else {}
@@ -483,7 +528,10 @@ def _train_arrays(
         "grad_sample_mode": mode,
         "secure_mode": bool(secure_mode),
         "noise_source": noise_source,
+        "device": str(device),
     }
+    if max_physical_batch_size:
+        training_params["max_physical_batch_size"] = int(max_physical_batch_size)
     if accountant == "prv":
         training_params["prv_eps_error"] = eps_error
     provenance = {
