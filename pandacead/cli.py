@@ -70,7 +70,9 @@ def _setup_logging(home: str | None, verbose: bool = False) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pandacead")
-def cli() -> None:
+@click.option("--home", "group_home", type=click.Path(file_okay=False), is_eager=True,
+              help="The home for every subcommand (same as the subcommand's --home or $PANDACEAD_HOME).")
+def cli(group_home: str | None) -> None:
     """pandacead: train models with differential privacy on an earner host.
 
     Buyers drop training jobs (JSON) into inbox/; the daemon checks each
@@ -79,7 +81,14 @@ def cli() -> None:
     artifact (or an error report) into outbox/.
 
     Start with `pandacead init`, then `pandacead run`.
+
+    Exit codes: 0 success; 1 failure (a refused or failed job, a check that
+    does not hold, an unusable home); 2 a usage error; 130 interrupted.
+    Shell completion: eval "$(_PANDACEAD_COMPLETE=bash_source pandacead)"
+    (zsh_source, fish_source for those shells).
     """
+    if group_home:
+        os.environ["PANDACEAD_HOME"] = group_home  # a subcommand's own --home still wins
 
 
 @cli.command()
@@ -122,56 +131,257 @@ def run(home: str | None, once: bool, verbose: bool) -> None:
     sys.exit(Daemon(s, once=once).run())
 
 
-@cli.command()
-@click.argument("job_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
-@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
-@click.option("--wait", is_flag=True, help="Wait for the outcome and print it; exit 1 unless it succeeded.")
-@click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds --wait waits.")
-@click.option("--json", "as_json", is_flag=True, help="With --wait: print the outcome as JSON.")
-def submit(job_file: str, home: str | None, wait: bool, timeout: float, as_json: bool) -> None:
-    """Validate JOB_FILE and drop it into the inbox atomically (temp file, then rename)."""
-    from pandacead.artifacts import ERROR_SUFFIX, publish
+# -- quote / submit ---------------------------------------------------------------
+
+
+def _read_job(job_file: str, default_user: str | None = None) -> tuple[bytes, Any]:
     from pandacead.errors import JobRejected
     from pandacead.jobs import parse_job
 
-    s = _settings(home)
     data = sys.stdin.buffer.read() if job_file == "-" else Path(job_file).read_bytes()
     try:
-        job = parse_job(data)
+        return data, parse_job(data, default_user=default_user)
     except JobRejected as exc:
         raise click.ClickException(f"{job_file}: {exc.message} " + "; ".join(exc.details[1:3])) from None
+
+
+def _quote(s: Any, job: Any, job_file: str, valid_for: float | None) -> Any:
+    from pandacead import quote as q
+    from pandacead.errors import JobError
+
+    if not s.ledger_path.exists():
+        raise ConfigError(f"No ledger at {s.ledger_path}; run `pandacead init --home {s.home}` first.")
+    try:
+        return q.make(s, job, valid_for=valid_for)
+    except JobError as exc:
+        raise click.ClickException(f"{job_file}: {exc.message}") from None
+
+
+def _print_quote(qt: Any, as_json: bool) -> None:
+    d = qt.summary()
+    if as_json:
+        _emit_json(d)
+        return
+    a, e = d["account_after"], d["estimate"]
+    lines = [
+        f"quote {d['quote']}",
+        f"  job        {d['job_id']} (digest {d['job_digest'][:23]}…)",
+        f"  account    {d['account']}    dataset {d['dataset']}    backend {d['backend']}",
+        f"  plan       σ={_cell(d['noise_multiplier'])}  q={_cell(d['sample_rate'])}  steps={_cell(d['steps'])}"
+        f"  accountant {d['accountant']}  n={_cell(d['n_train'])}",
+        f"  reserves   ε={d['epsilon']:.6g}  δ={d['delta']:.3g}",
+        f"  costs      ε {a['marginal_epsilon']:.6g}, δ {a['marginal_delta']:.3g} under {d['composition']} composition",
+        f"  leaves     ε {a['epsilon_left_after']:.6g} of {a['epsilon_budget']:.6g}, δ {a['delta_left_after']:.3g}"
+        f" of {a['delta_budget']:.3g} for {d['account']}",
+        f"  estimate   ~{_duration(e['seconds'])}, peak memory ~{e['peak_memory_bytes'] / 2**20:.0f} MiB (rough)",
+        f"  valid      {d['issued_at']} to {d['expires_at']}",
+    ]
+    if not d["fits"]:
+        lines.append(f"  DOES NOT FIT: {d['reason']}")
+    lines.append(f"Nothing was charged. To pay exactly this, add \"quote\": \"{d['quote']}\" to the job.")
+    click.echo("\n".join(lines))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+@cli.command()
+@click.argument("job_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--user-id", help="Whose budget pays, when the job has no user_id.")
+@click.option("--valid", "valid_for", type=float, help="Seconds the quote stays valid (default: [quote] valid_seconds, 3600).")
+@click.option("--json", "as_json", is_flag=True, help="Print the quote as one JSON object.")
+def quote(job_file: str, home: str | None, user_id: str | None, valid_for: float | None, as_json: bool) -> None:
+    """What JOB_FILE would cost here, signed: the daemon's own plan, nothing charged, no data read.
+
+    Prints σ, sample rate, steps, the (ε, δ) the daemon would reserve, the
+    marginal cost for the account under the active composition and what would
+    be left, and a rough run-time and memory estimate. The signed quote is kept
+    in state/quotes/; a job that carries its digest ("quote": "sha256:…") is
+    run only with exactly this plan, or refused with nothing charged.
+    """
+    s = _settings(home)
+    _, job = _read_job(job_file, user_id)
+    qt = _quote(s, job, job_file, valid_for)
+    _print_quote(qt, as_json)
+    if not qt.summary()["fits"]:
+        sys.exit(1)
+
+
+def _check_against_home(s: Any, job: Any, job_file: str) -> None:
+    """What submit can check now instead of leaving the refusal to the daemon: dataset, task, backend, quote."""
+    from pandacead.app import App
+    from pandacead.errors import JobError
+    from pandacead.pipeline import Pipeline
+
+    app = App(s, with_key=False)
+    assert app.ctx is not None
+    try:
+        app.ctx.dataset(job)
+        trainer = Pipeline(s, app.plugins, app.ctx, "submit").select(job)
+        if job.quote is not None:
+            from pandacead import quote as q
+            from pandacead.ledger import Ledger
+            from pandacead.trainers import PrivacyPlan
+
+            stored = q.quotes_dir(s) / f"{job.quote.split(':', 1)[1]}.dsse.json"
+            if not stored.exists():
+                raise click.ClickException(f"{job_file}: this host issued no quote {job.quote[:23]}…; run `pandacead quote` first.")
+            import base64
+
+            pred = json.loads(base64.b64decode(json.loads(stored.read_bytes())["payload"]))["predicate"]
+            quoted = PrivacyPlan(**{k: pred["plan"].get(k) for k in q.PLAN_FIELDS if k != "accountant"},
+                                 accountant=pred["plan"].get("accountant") or "declared")
+            q.check_admission(s, job, trainer.name, quoted)  # all but the plan, which only the daemon recomputes
+            led = Ledger.from_settings(s, actor="submit")
+            try:
+                fits = q.admission_preview(led, job.user_id, job.dataset, quoted)
+            finally:
+                led.close()
+            if not fits["fits"]:
+                raise click.ClickException(f"{job_file}: the quoted cost no longer fits: {fits['reason']}.")
+    except JobError as exc:
+        raise click.ClickException(f"{job_file}: {exc.message}") from None
+
+
+@cli.command()
+@click.argument("job_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--wait", is_flag=True, help="Wait for the outcome and print it; exit 1 unless it succeeded."
+              " On a terminal a progress bar shows epoch, loss, ε so far, elapsed time and ETA.")
+@click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds --wait waits.")
+@click.option("--dry-run", is_flag=True, help="Quote the job (like `pandacead quote`) and submit nothing.")
+@click.option("--no-check", is_flag=True, help="Do not check dataset, task, backend and quote against this home first.")
+@click.option("--json", "as_json", is_flag=True, help="With --wait or --dry-run: print the outcome or quote as JSON.")
+def submit(job_file: str, home: str | None, wait: bool, timeout: float, dry_run: bool, no_check: bool,
+           as_json: bool) -> None:
+    """Validate JOB_FILE, check it against this home, and drop it into the inbox atomically (temp file, then rename)."""
+    from pandacead.artifacts import publish
+
+    s = _settings(home)
+    data, job = _read_job(job_file)
+    if dry_run:
+        _print_quote(_quote(s, job, job_file, None), as_json)
+        return
     if not s.inbox.is_dir():
         raise ConfigError(f"The inbox {s.inbox} does not exist; run `pandacead init --home {s.home}`.")
+    if not no_check:
+        _check_against_home(s, job, job_file)
     target = s.inbox / f"{job.job_id}.json"
     n = 1
     while target.exists():
         target = s.inbox / f"{job.job_id}~{n}.json"
         n += 1
-    started = time.time()
+    baseline = _last_job_row(s) if wait else 0
     publish(target, data, mode=0o644)
     if not wait:
         click.echo(f"submitted {job.job_id} as {target}")
         return
-    art, err = s.outbox / f"{job.job_id}.json", s.outbox / f"{job.job_id}{ERROR_SUFFIX}"
+    _wait_for_outcome(s, job.job_id, target, baseline, timeout, as_json)
+
+
+def _last_job_row(s: Any) -> int:
+    """The newest row of the ledger's jobs table: --wait follows only rows after it."""
+    if not s.ledger_path.exists():
+        return 0
+    led = _ledger(str(s.home), "submit")
+    try:
+        rows = led.query("SELECT max(id) AS m FROM jobs")
+        return int(rows[0]["m"] or 0)
+    finally:
+        led.close()
+
+
+def _this_submission(s: Any, job_id: str, target: Path, baseline: int) -> dict[str, Any] | None:
+    """The ledger row of the file we dropped (its spool name ends in the inbox name), if there is one yet."""
+    from pandacead.ledger import _job_row
+
+    led = _ledger(str(s.home), "submit")
+    try:
+        rows = led.query("SELECT * FROM jobs WHERE id > ? AND job_id = ? ORDER BY id DESC", [baseline, job_id])
+    finally:
+        led.close()
+    for r in rows:
+        if (r.get("file") or "").endswith("-" + target.name) or r.get("file") == target.name:
+            return _job_row(r)
+    return None
+
+
+def progress_line(row: dict[str, Any], now: float, width: int = 80) -> str:
+    """One line of `submit --wait`'s progress bar for a job row."""
+    from pandacead.report import parse_time
+
+    status = row.get("status") or "queued"
+    p = row.get("progress") or {}
+    start = parse_time(row.get("created_at"))
+    elapsed = (now - start) if start else None
+    if status != "running":
+        return f"{row.get('job_id')}: {status}"
+    if not p.get("epochs"):
+        return f"{row.get('job_id')}: training  {_duration(elapsed)} elapsed"
+    done, total = int(p.get("epoch") or 0), int(p["epochs"])
+    eta = elapsed * (total - done) / done if elapsed is not None and done else None
+    tail = (f" epoch {done}/{total}  loss {_cell(p.get('loss'))}  ε {_cell(p.get('epsilon'))}"
+            f"  {_duration(elapsed)} elapsed  ETA {_duration(eta)}")
+    bar_w = max(10, min(30, width - len(tail) - 3))
+    filled = int(bar_w * done / total) if total else 0
+    return ("[" + "#" * filled + "-" * (bar_w - filled) + "]" + tail)[: width - 1]
+
+
+def _wait_for_outcome(s: Any, job_id: str, target: Path, baseline: int, timeout: float, as_json: bool) -> None:
+    import shutil
+
+    from pandacead.artifacts import ENVELOPE_SUFFIX, ERROR_SUFFIX
+
+    tty = sys.stderr.isatty() and not as_json
+    width = shutil.get_terminal_size((80, 24)).columns
     deadline = time.monotonic() + timeout
+    shown = ""
     while time.monotonic() < deadline:
-        for path, ok in ((art, True), (err, False)):
-            try:
-                if path.stat().st_mtime >= started - 1 and not target.exists():
-                    outcome = json.loads(path.read_text("utf-8"))
-                    if ok and not (s.outbox / f"{job.job_id}.dsse.json").exists():
-                        continue
-                    if as_json:
-                        _emit_json(outcome if not ok else {k: v for k, v in outcome.items() if k != "model"})
-                    elif ok:
-                        click.echo(f"{job.job_id} succeeded: ε={outcome['epsilon']:.6g} accuracy={_cell(outcome.get('accuracy'))} backend={outcome['backend']} → {path}")
-                    else:
-                        click.echo(f"{job.job_id} {outcome['status']}: {outcome['error']}", err=True)
-                    sys.exit(0 if ok else 1)
-            except FileNotFoundError:
-                pass
+        row = _this_submission(s, job_id, target, baseline)
+        if row is None and tty:
+            line = f"{job_id}: queued" if target.exists() else f"{job_id}: claimed, planning"
+        elif row is not None and row["status"] in ("succeeded", "rejected", "failed"):
+            ok = row["status"] == "succeeded"
+            path = s.outbox / (f"{job_id}.json" if ok else f"{row.get('report') or job_id}{ERROR_SUFFIX}")
+            if path.exists() and (not ok or (s.outbox / f"{job_id}{ENVELOPE_SUFFIX}").exists()):
+                if shown:
+                    click.echo("\r" + " " * len(shown) + "\r", nl=False, err=True)
+                outcome = json.loads(path.read_text("utf-8"))
+                if as_json:
+                    _emit_json({k: v for k, v in outcome.items() if k != "model"} | {"path": str(path)})
+                elif ok:
+                    click.echo(f"{job_id} succeeded: ε={outcome['epsilon']:.6g} {_metric(outcome)}"
+                               f" backend={outcome['backend']} → {path}")
+                else:
+                    click.echo(f"{job_id} {outcome['status']}: {outcome['error']} (report {path})", err=True)
+                sys.exit(0 if ok else 1)
+            line = f"{job_id}: {row['status']}, publishing"
+        else:
+            line = progress_line(row, time.time(), width) if row is not None else ""
+        if tty and line and line != shown:
+            click.echo("\r" + line.ljust(len(shown)), nl=False, err=True)
+            shown = line
         time.sleep(0.2)
-    raise click.ClickException(f"No outcome for {job.job_id} after {timeout:g} s; is `pandacead run` running on {s.home}?")
+    if shown:
+        click.echo(err=True)
+    raise click.ClickException(f"No outcome for {job_id} after {timeout:g} s; is `pandacead run` running on {s.home}?")
+
+
+def _metric(outcome: dict[str, Any]) -> str:
+    m = outcome.get("metrics") or {}
+    if outcome.get("accuracy") is not None:
+        return f"accuracy={_cell(outcome['accuracy'])}"
+    for k in ("accuracy", "r2", "mse"):
+        if m.get(k) is not None:
+            return f"{k}={_cell(m[k])}"
+    return "accuracy=-"
 
 
 @cli.command()

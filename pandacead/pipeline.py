@@ -29,6 +29,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import sqlite3
 import threading
 import time
@@ -72,6 +73,17 @@ class Deferred(OSError):
         super().__init__(err, message)
         self.message = message
         self.reason = reason or message  # the problem alone, without what happens next
+
+
+class Cancelled(JobFailed):
+    """`pandacead jobs cancel` stopped the job while it trained: what it touched is charged."""
+
+
+CANCEL_DIR = "cancel"  # state/cancel/<job_id>: a cancel request `pandacead jobs cancel` leaves for the daemon
+
+
+def cancel_path(settings: Any, job_id: str) -> Path:
+    return Path(settings.state) / CANCEL_DIR / job_id
 
 
 @dataclass
@@ -148,8 +160,53 @@ class Pipeline:
             request["plan"] = plan.to_dict()
         timeout = float(self.settings.trainer.get("timeout_seconds", 900))
         with self.pool.worker() as w:
-            value = w.call(request, timeout=timeout if op == "train" else max(60.0, timeout / 10), on_progress=progress)
+            if op != "train":
+                value = w.call(request, timeout=max(60.0, timeout / 10), on_progress=progress)
+            else:
+                with self._cancel_watch(job, w) as cancelled:
+                    try:
+                        value = w.call(request, timeout=timeout, on_progress=progress)
+                    except JobFailed:
+                        if cancelled.is_set():
+                            raise self._cancelled(job) from None
+                        raise
         return PrivacyPlan.from_dict(value) if op == "plan" else TrainResult.from_dict(value)
+
+    # -- cancellation (pandacead jobs cancel) ---------------------------------
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return os.path.lexists(cancel_path(self.settings, job_id))
+
+    def _cancelled(self, job: Job) -> Cancelled:
+        with contextlib.suppress(OSError):
+            os.unlink(cancel_path(self.settings, job.job_id))
+        return Cancelled(
+            f"Job {job.job_id} was cancelled while training; it had touched the data, so its reservation is charged.",
+            ["cancelled: while training (charged)"],
+        )
+
+    @contextlib.contextmanager
+    def _cancel_watch(self, job: Job, w: Any) -> Any:
+        """While a worker trains `job`, stop it (SIGKILL to its process group) if a cancel request appears."""
+        done, cancelled = threading.Event(), threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.25):
+                if self.cancel_requested(job.job_id):
+                    cancelled.set()
+                    proc = getattr(w, "proc", None)
+                    if proc is not None:
+                        with contextlib.suppress(OSError):
+                            os.killpg(proc.pid, signal.SIGKILL)
+                    return
+
+        t = threading.Thread(target=watch, name=f"cancel-watch-{job.job_id}", daemon=True)
+        t.start()
+        try:
+            yield cancelled
+        finally:
+            done.set()
+            t.join(timeout=5)
 
     # -- stages ---------------------------------------------------------------
 
@@ -253,6 +310,8 @@ class Pipeline:
         self._local.final_progress = None
 
         def progress(p: dict[str, Any]) -> None:
+            if not getattr(trainer, "isolated", False) and self.cancel_requested(job.job_id):
+                raise self._cancelled(job)  # an in-process trainer stops at its next progress report
             extra = {"job_id": job.job_id, "user_id": job.user_id}
             if p.get("epoch") is None:
                 log.info("job %s: %s", job.job_id, p.get("stage") or p.get("message") or p, extra=extra)
@@ -403,12 +462,21 @@ class Pipeline:
             faults.point("parsed")
             extra = {"job_id": job.job_id, "user_id": job.user_id}
             log.info("job %s validated (user %s, dataset %s)", job.job_id, job.user_id, job.dataset, extra=extra)
+            if prior is None and self.cancel_requested(job.job_id):
+                with contextlib.suppress(OSError):
+                    os.unlink(cancel_path(self.settings, job.job_id))
+                raise JobRejected(f"Job {job.job_id} was cancelled before it started; nothing was charged.",
+                                  ["cancelled: before training"])
             trainer = self.select(job)
             if prior is not None:
                 return self._resume(spooled, job, trainer, prior)
             plan = self.plan(job, trainer)
             faults.point("planned")
             self.check_budget(job, plan)
+            if job.quote is not None:
+                from pandacead.quote import check_admission
+
+                check_admission(self.settings, job, trainer.name, plan)
             self._require_outbox(job.job_id)
             row_id = led.reserve(job.job_id, job.user_id, plan, trainer.name, owner=fname, file=fname)
             faults.point("reserved")
@@ -543,7 +611,7 @@ class Pipeline:
         try:
             _, report = led.settle_failure(
                 job_id, user_id, exc.status, exc.message, exc.details, owner=spooled.name, file=spooled.name,
-                backend=backend, row_id=row_id,
+                backend=backend, row_id=row_id, charge=isinstance(exc, Cancelled),
             )
         except sqlite3.OperationalError as err:
             raise Deferred(
