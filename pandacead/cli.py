@@ -552,23 +552,169 @@ def _queued(s: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _since(text: str | None) -> str | None:
+    """--since: an ISO date/time, or a duration back from now (30m, 6h, 2d)."""
+    if not text:
+        return None
+    import re
+    from datetime import datetime, timedelta, timezone
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text.strip())
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        dt = datetime.now(timezone.utc) - timedelta(seconds=float(m.group(1)) * unit)
+    else:
+        try:
+            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise click.BadParameter(f"{text!r} is neither a date (2026-12-01, 2026-12-01T09:00) nor a duration (30m, 6h, 2d).",
+                                     param_hint="--since") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _history(s: Any, row: dict[str, Any]) -> list[dict[str, Any]]:
+    from pandacead.pipeline import history_path
+
+    if not row.get("id"):
+        return []
+    try:
+        lines = history_path(s, row["id"]).read_text("utf-8").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def _artifact(s: Any, row: dict[str, Any]) -> tuple[Path | None, dict[str, Any] | None]:
+    if row.get("status") != "succeeded":
+        return None, None
+    path = s.outbox / f"{row['job_id']}.json"
+    try:
+        art = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None, None
+    return path, {k: v for k, v in art.items() if k != "model"}
+
+
+def _enrich(s: Any, led: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """A jobs row plus what `jobs list/show` add: dataset, metrics, artifact, timing, which ε it is."""
+    from pandacead.report import parse_time
+
+    row = dict(row)
+    hist = _history(s, row)
+    meta = next((h for h in hist if h.get("type") == "job"), {})
+    path, art = _artifact(s, row)
+    row["account"] = row.get("user_id")
+    row["dataset"] = (art or {}).get("dataset") or meta.get("dataset")
+    row["metrics"] = (art or {}).get("metrics") or ({"accuracy": art["accuracy"]} if art and art.get("accuracy") is not None else None)
+    row["artifact"] = str(path) if path else None
+    if row.get("report") and row.get("status") in ("rejected", "failed"):
+        row["report_path"] = str(s.outbox / f"{row['report']}.error.json")
+    spend = led.spend(row["job_id"]) if row.get("status") not in ("queued",) else None
+    mine = spend is not None and spend.get("owner") == row.get("owner")
+    if mine and spend["state"] == "committed":
+        row["epsilon_is"] = "charged"
+    elif mine and spend["state"] == "reserved":
+        row["epsilon_is"] = "reserved"
+    elif mine:
+        row["epsilon_is"] = "released"
+    else:
+        row["epsilon_is"] = None if row.get("epsilon") is None else "charged"
+    start, end = parse_time(row.get("created_at")), parse_time(row.get("updated_at"))
+    row["started_at"] = row.get("created_at") if row.get("status") != "queued" else None
+    running = row.get("status") == "running"
+    now = time.time()
+    if start is not None:
+        row["elapsed_seconds" if running else "duration_seconds"] = round((now if running else (end or now)) - start, 3)
+    p = row.get("progress") or {}
+    if running and start is not None and p.get("epoch") and p.get("epochs"):
+        first = next((h["at"] for h in hist if h.get("type") == "job"), start)
+        done = now - first
+        row["eta_seconds"] = round(done * (p["epochs"] - p["epoch"]) / p["epoch"], 1)
+    return row
+
+
+def _short(text: Any, width: int) -> str:
+    t = _cell(text).replace("\n", " ")
+    return t if len(t) <= width else t[: max(1, width - 1)] + "…"
+
+
+def _fit(rows: list[dict[str, Any]], columns: list[tuple[str, str, int]], width: int = 80) -> str:
+    """A table that fits `width` columns: each column capped, the last one takes what is left."""
+    if not rows:
+        return "(none)"
+    heads = [h for _, h, _ in columns]
+    cells = [[_short(r.get(k), cap) for k, _, cap in columns] for r in rows]
+    widths = [max(len(heads[i]), *(len(c[i]) for c in cells)) for i in range(len(columns) - 1)]
+    last = max(len(heads[-1]), width - 1 - sum(widths) - 2 * (len(columns) - 1))
+    cells = [c[:-1] + [_short(rows[n].get(columns[-1][0]), last)] for n, c in enumerate(cells)]
+    widths.append(max(len(heads[-1]), *(len(c[-1]) for c in cells)))
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [heads, *cells]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 @jobs.command("list")
 @click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice(["queued", "running", "succeeded", "rejected", "failed"]), help="Only jobs in this state (repeatable).")
+@click.option("--account", help="Only jobs this account (user_id) pays for.")
+@click.option("--dataset", help="Only jobs on this dataset.")
+@click.option("--since", help="Only jobs updated since a date (2026-12-01) or a duration ago (30m, 6h, 2d).")
 @click.option("--limit", type=int, default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def jobs_list(home: str | None, limit: int, as_json: bool) -> None:
-    """Recent jobs, newest first (files still waiting in the inbox show as queued)."""
+@click.option("--json", "as_json", is_flag=True, help="Full rows (errors unshortened) as a JSON list.")
+def jobs_list(home: str | None, statuses: tuple[str, ...], account: str | None, dataset: str | None,
+              since: str | None, limit: int, as_json: bool) -> None:
+    """Recent jobs, newest first (files still waiting in the inbox show as queued); fits 80 columns."""
     s = _settings(home)
     led = _ledger(home)
-    spooled_files = {r["file"] for r in led.jobs(limit)}
-    rows = [r for r in _queued(s) if r["file"] not in spooled_files] + led.jobs(limit)
+    cutoff = _since(since)
+    sql, args = "SELECT * FROM jobs WHERE 1=1", []
+    if statuses:
+        sql += f" AND status IN ({', '.join('?' for _ in statuses)})"
+        args.extend(statuses)
+    if account:
+        sql += " AND user_id = ?"
+        args.append(account)
+    if cutoff:
+        sql += " AND updated_at >= ?"
+        args.append(cutoff)
+    sql += " ORDER BY id DESC"
+    from pandacead.ledger import _job_row
+
+    recorded = [_enrich(s, led, _job_row(r)) for r in led.query(sql, args)]
+    spooled_files = {r["file"] for r in led.jobs(None)}
+    queued = [] if (statuses and "queued" not in statuses) or account or cutoff else [
+        r for r in _queued(s) if r["file"] not in spooled_files]
+    rows = [r for r in queued + recorded if not dataset or r.get("dataset") == dataset][: max(0, limit)]
     if as_json:
         _emit_json(rows)
         return
-    click.echo(_table(rows, [
-        ("job_id", "JOB"), ("user_id", "USER"), ("status", "STATUS"), ("backend", "BACKEND"),
-        ("epsilon", "ε"), ("updated_at", "UPDATED"), ("error", "ERROR"),
-    ]))
+    for r in rows:
+        r["when"] = (r.get("updated_at") or "")[5:16].replace("T", " ") or None
+        r["eps"] = r.get("epsilon")
+        r["what"] = r.get("error") or r.get("dataset")
+    click.echo(_fit(rows, [("job_id", "JOB", 18), ("account", "ACCOUNT", 10), ("status", "STATUS", 9),
+                           ("backend", "BACKEND", 7), ("eps", "ε", 7), ("when", "UPDATED", 11),
+                           ("what", "DATASET / ERROR", 80)]))
+
+
+def _job_rows(s: Any, led: Any, job_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The job to show for JOB_ID (the one that succeeded, if one did, else the newest) and the others."""
+    from pandacead.ledger import _job_row
+
+    rows = [_job_row(r) for r in led.query("SELECT * FROM jobs WHERE job_id = ? ORDER BY id DESC", [job_id])]
+    if not rows:
+        return None, []
+    main = next((r for r in rows if r["status"] == "succeeded"), rows[0])
+    return main, [r for r in rows if r is not main]
 
 
 @jobs.command("show")
@@ -576,25 +722,184 @@ def jobs_list(home: str | None, limit: int, as_json: bool) -> None:
 @click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
 @click.option("--json", "as_json", is_flag=True)
 def jobs_show(job_id: str, home: str | None, as_json: bool) -> None:
-    """One job: status, backend, ε, progress (epoch, loss, ε so far) and any error."""
+    """One job: status, dataset, backend, ε (reserved, charged or released), metrics, artifact, timing, progress.
+
+    After a replay it shows the job that succeeded and notes the refused
+    submissions with the same job_id.
+    """
     s = _settings(home)
-    row = _ledger(home).job(job_id)
+    led = _ledger(home)
+    row, others = _job_rows(s, led, job_id)
     if row is None:
         queued = [r for r in _queued(s) if r["job_id"] == job_id]
         if not queued:
             raise click.ClickException(f"No job {job_id} in {s.home}.")
         row = queued[0]
+    else:
+        row = _enrich(s, led, row)
+        row["other_submissions"] = [
+            {"status": o["status"], "error": o.get("error"), "report": o.get("report"), "updated_at": o.get("updated_at")}
+            for o in others]
     if as_json:
         _emit_json(row)
         return
-    for key in ("job_id", "user_id", "status", "backend", "epsilon", "delta", "created_at", "updated_at", "error"):
-        if key in row:
-            click.echo(f"{key:>10}: {_cell(row.get(key))}")
+    eps = _cell(row.get("epsilon")) + (f" ({row['epsilon_is']})" if row.get("epsilon_is") else "")
+    fields = [("job_id", row.get("job_id")), ("account", row.get("user_id")), ("status", row.get("status")),
+              ("dataset", row.get("dataset")), ("backend", row.get("backend")), ("epsilon", eps),
+              ("delta", row.get("delta")), ("started", row.get("started_at")), ("updated", row.get("updated_at"))]
+    if "duration_seconds" in row:
+        fields.append(("duration", _duration(row["duration_seconds"])))
+    if "elapsed_seconds" in row:
+        fields.append(("elapsed", _duration(row["elapsed_seconds"])))
+    if "eta_seconds" in row:
+        fields.append(("eta", _duration(row["eta_seconds"])))
+    if row.get("attempts") is not None:
+        fields.append(("attempts", row.get("attempts")))
+    if row.get("metrics"):
+        fields.append(("metrics", "  ".join(f"{k}={_cell(v)}" for k, v in row["metrics"].items())))
+    if row.get("artifact"):
+        fields.append(("artifact", row["artifact"]))
+    if row.get("report_path"):
+        fields.append(("report", row["report_path"]))
+    if row.get("error"):
+        fields.append(("error", row["error"]))
+    if "file" in row and row.get("status") == "queued":
+        fields.append(("file", row["file"]))
+    for k, v in fields:
+        click.echo(f"{k:>10}: {_cell(v)}")
     if row.get("progress"):
         p = row["progress"]
         click.echo(f"{'progress':>10}: epoch {p.get('epoch')}/{p.get('epochs')} loss {_cell(p.get('loss'))} ε so far {_cell(p.get('epsilon'))}")
     for d in row.get("details") or []:
         click.echo(f"{'':>10}  - {d}")
+    for o in row.get("other_submissions") or []:
+        what = "a refused replay" if o["status"] == "rejected" and "already submitted" in (o.get("error") or "") else f"another submission ({o['status']})"
+        click.echo(f"{'note':>10}: {what} of this job_id at {o.get('updated_at')}"
+                   + (f", report {o['report']}.error.json" if o.get("report") else ""))
+
+
+@jobs.command("logs")
+@click.argument("job_id")
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True, help="The history as a JSON list (parameters first, then progress).")
+def jobs_logs(job_id: str, home: str | None, as_json: bool) -> None:
+    """JOB_ID's per-epoch history: epoch, loss, ε so far, time (kept in state/history/, for the earner)."""
+    s = _settings(home)
+    led = _ledger(home)
+    row, _ = _job_rows(s, led, job_id)
+    if row is None:
+        raise click.ClickException(f"No job {job_id} in {s.home}.")
+    hist = _history(s, row)
+    if as_json:
+        _emit_json(hist)
+        return
+    meta = next((h for h in hist if h.get("type") == "job"), None)
+    if meta is None:
+        click.echo(f"{job_id} ({row['status']}) has no training history: it never started training.")
+        return
+    click.echo(f"{job_id}: {meta.get('backend')} on {meta.get('dataset')}, {meta.get('epochs')} epochs, batch"
+               f" {meta.get('batch_size')}, σ={_cell(meta.get('noise_multiplier'))} q={_cell(meta.get('sample_rate'))}"
+               f" planned ε={_cell(meta.get('epsilon_planned'))}")
+    t0 = meta["at"]
+    rows = [{"t": f"{h['at'] - t0:.1f}s", **h} for h in hist if h.get("type") == "progress" and h.get("epoch") is not None]
+    click.echo(_table(rows, [("epoch", "EPOCH"), ("epochs", "OF"), ("loss", "LOSS"), ("epsilon", "ε SO FAR"),
+                             ("steps", "STEPS"), ("t", "TIME")]))
+    click.echo(f"status: {row['status']}" + (f" ({row['error']})" if row.get("error") else ""))
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--wait", "wait_s", type=float, default=0.0, help="Seconds to wait for a running job to stop (0: do not wait).")
+@click.option("--json", "as_json", is_flag=True)
+def jobs_cancel(job_id: str, home: str | None, wait_s: float, as_json: bool) -> None:
+    """Cancel JOB_ID: a queued job is removed with an error report (nothing charged); a running one is
+    stopped by the daemon (its worker is killed) and charged its reservation, since it touched the data.
+
+    The request is a file state/cancel/<JOB_ID> the daemon watches while it plans and trains.
+    """
+    from pandacead.jobs import valid_job_id
+
+    if not valid_job_id(job_id):
+        raise click.BadParameter(f"{job_id!r} is not a valid job id.", param_hint="JOB_ID")
+    s = _settings(home)
+    led = _ledger(home, "cancel")
+    from pandacead.pipeline import cancel_path
+
+    row, _ = _job_rows(s, led, job_id)
+    queued = [r for r in _queued(s) if r["job_id"] == job_id]
+    if row is not None and row["status"] != "running" and not queued:
+        raise click.ClickException(f"Job {job_id} already {row['status']}; there is nothing to cancel.")
+    if row is None and not queued:
+        raise click.ClickException(f"No queued or running job {job_id} in {s.home}.")
+    req = cancel_path(s, job_id)
+    req.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    req.write_text(json.dumps({"job_id": job_id, "by": f"cli:{os.getenv('USER', 'unknown')}", "at": time.time()}))
+    result: dict[str, Any] = {"job_id": job_id}
+    taken = _take_from_inbox(s, led, job_id)
+    if taken is not None:
+        req.unlink(missing_ok=True)
+        result.update(status="rejected", was="queued", charged=False, report=str(taken))
+        if as_json:
+            _emit_json(result)
+        else:
+            click.echo(f"cancelled queued job {job_id}: nothing was charged; report {taken}")
+        return
+    result.update(was="running" if row is not None and row["status"] == "running" else "queued", requested=str(req))
+    deadline = time.monotonic() + wait_s
+    while wait_s and time.monotonic() < deadline:
+        r2, _ = _job_rows(s, led, job_id)
+        if r2 is not None and r2["status"] in ("rejected", "failed", "succeeded"):
+            spend = led.spend(job_id)
+            result.update(status=r2["status"], error=r2.get("error"),
+                          charged=bool(spend and spend["state"] == "committed" and spend.get("owner") == r2.get("owner")),
+                          epsilon_charged=spend.get("epsilon") if spend else None)
+            break
+        time.sleep(0.2)
+    if as_json:
+        _emit_json(result)
+    elif "status" in result:
+        click.echo(f"{job_id} {result['status']}: {result.get('error')}"
+                   + (f" (charged ε={_cell(result['epsilon_charged'])})" if result.get("charged") else " (nothing charged)"))
+    else:
+        click.echo(f"asked the daemon to stop {job_id} ({result['was']}); if it had started training, its reservation"
+                   f" is charged. Follow it with `pandacead jobs show {job_id}`.")
+
+
+def _take_from_inbox(s: Any, led: Any, job_id: str) -> Path | None:
+    """Move a queued job's file out of the inbox before the daemon claims it, and report it cancelled.
+
+    The rename is atomic: either we take the file (and report it) or the daemon
+    did, and then it finds the cancel request before it plans the job.
+    """
+    from pandacead.artifacts import ERROR_SUFFIX, error_report, publish
+    from pandacead.jobs import job_id_hint, parse_json
+    from pandacead.spool import scan
+
+    for e in scan(s.inbox):
+        if e.name[:-5] != job_id and not e.name.startswith(job_id + "~"):
+            continue
+        hold = s.state / "cancel" / f".{e.name}.{os.getpid()}.taken"
+        try:
+            os.rename(s.inbox / e.name, hold)
+        except FileNotFoundError:
+            continue
+        try:
+            raw = parse_json(hold.read_bytes()[:1_048_576])
+        except Exception:
+            raw = {}
+        if job_id_hint(raw) not in (None, job_id):
+            os.rename(hold, s.inbox / e.name)  # another job's file after all: put it back
+            continue
+        user = raw.get("user_id") if isinstance(raw, dict) and isinstance(raw.get("user_id"), str) else None
+        msg = f"Job {job_id} was cancelled before it started; nothing was charged."
+        details = [f"cancelled: by cli:{os.getenv('USER', 'unknown')} while queued"]
+        _, report = led.settle_failure(job_id, user, "rejected", msg, details, owner="cancel", file=e.name)
+        path = s.outbox / f"{report}{ERROR_SUFFIX}"
+        publish(path, (json.dumps(error_report(job_id, "rejected", msg, details), indent=2) + "\n").encode("utf-8"))
+        hold.unlink(missing_ok=True)
+        return path
+    return None
 
 
 # -- verify / plugins ----------------------------------------------------------------

@@ -86,6 +86,31 @@ def cancel_path(settings: Any, job_id: str) -> Path:
     return Path(settings.state) / CANCEL_DIR / job_id
 
 
+def history_path(settings: Any, row_id: int) -> Path:
+    """state/history/<jobs row id>.jsonl: a job's parameters, then one line per progress report
+    (`pandacead jobs logs`, `pandacead report`). For the earner: under state/, never in the outbox."""
+    return Path(settings.state) / "history" / f"{int(row_id)}.jsonl"
+
+
+class _History:
+    """Appends a job's progress to its history file; best effort (no fsync: it is a view, not a record)."""
+
+    def __init__(self, settings: Any, row_id: int, job: Job, backend: str, plan: PrivacyPlan):
+        self.path = history_path(settings, row_id)
+        meta = {"type": "job", "at": time.time(), "job_id": job.job_id, "account": job.user_id,
+                "dataset": job.dataset, "backend": backend, "epochs": job.epochs, "batch_size": job.batch_size,
+                "learning_rate": job.learning_rate, "model": job.model.type, "hidden": list(job.model.hidden),
+                "epsilon_requested": job.dp.epsilon, "delta": plan.delta, "epsilon_planned": plan.epsilon,
+                "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps}
+        self.write(meta)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record, default=str) + "\n")
+
+
 @dataclass
 class Outcome:
     job_id: str
@@ -308,11 +333,13 @@ class Pipeline:
         # (docs/benchmarks.md: a mock job made 3 commits before its artifact, now 1).
         last = [time.monotonic()]
         self._local.final_progress = None
+        history = _History(self.settings, row_id, job, trainer.name, plan)
 
         def progress(p: dict[str, Any]) -> None:
             if not getattr(trainer, "isolated", False) and self.cancel_requested(job.job_id):
                 raise self._cancelled(job)  # an in-process trainer stops at its next progress report
             extra = {"job_id": job.job_id, "user_id": job.user_id}
+            history.write({"type": "progress", "at": time.time(), **p})
             if p.get("epoch") is None:
                 log.info("job %s: %s", job.job_id, p.get("stage") or p.get("message") or p, extra=extra)
                 return
