@@ -902,6 +902,59 @@ def _take_from_inbox(s: Any, led: Any, job_id: str) -> Path | None:
     return None
 
 
+# -- report / key ------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Directory for report.html. Default: state/report/.")
+@click.option("--json", "as_json", is_flag=True, help="Print the data the page shows, as JSON, and write no page.")
+def report(home: str | None, out_dir: str | None, as_json: bool) -> None:
+    """Write a self-contained HTML page: ε and δ spent over time per account and per dataset, and per job
+    its loss and ε-so-far curves, parameters and outcome. Loads nothing from the network.
+
+    The page shows training loss, which is not a DP release: it is for the
+    earner, written under state/ unless --out says otherwise, never into the outbox.
+    """
+    from pandacead import report as rep
+
+    s = _settings(home)
+    _ledger(home).close()  # the usual message when there is no ledger
+    if as_json:
+        _emit_json(rep.collect(s))
+        return
+    path = rep.write(s, Path(out_dir) if out_dir else s.state / "report")
+    click.echo(f"wrote {path}")
+
+
+@cli.group()
+def key() -> None:
+    """This host's signing key: what buyers verify artifacts (and quotes) with."""
+
+
+@key.command("show")
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True)
+def key_show(home: str | None, as_json: bool) -> None:
+    """Print the public key (PEM) and its keyid, the sha256 of the raw key that envelopes name."""
+    from pandacead.signing import keyid, load_public_key, public_pem
+
+    s = _settings(home)
+    pub_path = s.key_path.with_suffix(".pub")
+    if not pub_path.exists():
+        raise ConfigError(f"No public key at {pub_path}; run `pandacead init --home {s.home}` first.")
+    pub = load_public_key(pub_path)
+    kid, pem = keyid(pub), public_pem(pub).decode("ascii")
+    if as_json:
+        _emit_json({"keyid": kid, "algorithm": "ed25519", "public_key_pem": pem, "path": str(pub_path)})
+        return
+    click.echo(f"keyid {kid}")
+    click.echo("algorithm ed25519")
+    click.echo(f"file {pub_path}")
+    click.echo(pem.rstrip())
+    click.echo(f"Buyers verify with: pandacead verify --key {pub_path.name} ARTIFACT.json")
+
+
 # -- verify / plugins ----------------------------------------------------------------
 
 
