@@ -433,6 +433,16 @@ def train(home: str | None, user_id: str | None, mock: bool) -> None:
     if outcome.status == "succeeded" and outcome.artifact is not None:
         sys.stdout.write(outcome.artifact.read_text("utf-8"))
         return
+    # The report goes to stderr only: `train`'s caller is the one to tell, not the outbox.
+    led = _ledger(home, "train")
+    try:
+        row = led.job_by_file(spooled.name)
+    finally:
+        led.close()
+    if row is not None:
+        from pandacead.artifacts import ERROR_SUFFIX
+
+        (s.outbox / f"{row.get('report') or outcome.job_id}{ERROR_SUFFIX}").unlink(missing_ok=True)
     report = {"job_id": outcome.job_id, "status": outcome.status, "error": outcome.error, "details": outcome.details}
     click.echo(json.dumps(report, indent=2, ensure_ascii=False), err=True)
     sys.exit(1)
@@ -516,16 +526,34 @@ def budget_reset(user: str, home: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def budget_history(user: str, home: str | None, as_json: bool) -> None:
     """List USER's jobs with their privacy parameters, and the audit log."""
+    from pandacead.report import _cumulative
+
     led = _ledger(home)
+    s = _settings(home)
     spends = led.spends(user)
     audit = led.audit(user)
+    for rec in [*spends, *audit]:  # stored JSON columns become real JSON
+        for k in ("rdp", "before", "after", "detail"):
+            if isinstance(rec.get(k), str):
+                try:
+                    rec[k] = json.loads(rec[k])
+                except ValueError:
+                    pass
+    b = led.budget(user)
+    totals = {p["job_id"]: p for p in _cumulative(led, spends, b.epsilon_budget, b.delta_budget)}
+    for sp in spends:
+        row, _ = _job_rows(s, led, sp["job_id"])
+        sp["dataset"] = _enrich(s, led, row).get("dataset") if row else None
+        t = totals.get(sp["job_id"])
+        sp["epsilon_total"] = t["epsilon"] if t else None  # running total after this spend (active composition)
+        sp["delta_total"] = t["delta"] if t else None
     if as_json:
-        _emit_json({"user_id": user, "spends": spends, "audit": audit})
+        _emit_json({"user_id": user, "composition": led.composition, "spends": spends, "audit": audit})
         return
     click.echo(_table(spends, [
-        ("job_id", "JOB"), ("state", "STATE"), ("backend", "BACKEND"), ("epsilon_reserved", "ε RESERVED"),
-        ("epsilon", "ε SPENT"), ("delta", "δ"), ("noise_multiplier", "σ"), ("sample_rate", "q"),
-        ("steps", "STEPS"), ("reserved_at", "RESERVED AT"),
+        ("job_id", "JOB"), ("dataset", "DATASET"), ("state", "STATE"), ("backend", "BACKEND"),
+        ("epsilon_reserved", "ε RESERVED"), ("epsilon", "ε SPENT"), ("epsilon_total", "ε TOTAL"), ("delta", "δ"),
+        ("noise_multiplier", "σ"), ("sample_rate", "q"), ("steps", "STEPS"), ("reserved_at", "RESERVED AT"),
     ]))
     click.echo()
     click.echo(_table(audit, [("at", "AT"), ("event", "EVENT"), ("job_id", "JOB"), ("actor", "BY")]))
@@ -966,9 +994,28 @@ def key_show(home: str | None, as_json: bool) -> None:
 @click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
 @click.option("--json", "as_json", is_flag=True)
 def verify(artifact: str, keys: tuple[str, ...], envelope: str | None, home: str | None, as_json: bool) -> None:
-    """Check an artifact's hash, its envelope's subject digest and every signature; exit 0 only if all hold."""
-    from pandacead.artifacts import verify_artifact
+    """Check an artifact's hash, its envelope's subject digest and its signatures; exit 0 only if all hold.
+
+    A renamed artifact verifies when the envelope's subject digest matches
+    (the name it was signed under is shown); signatures by unknown keys are
+    ignored when one signature is by a trusted key. An error report is said to
+    be one: reports are not signed and are not artifacts.
+    """
+    from pandacead.artifacts import signed_name, verify_artifact
     from pandacead.signing import keyid, load_public_key
+
+    try:
+        head = json.loads(Path(artifact).read_bytes())
+    except (OSError, ValueError):
+        head = None
+    if isinstance(head, dict) and "error" in head and "status" in head and "model" not in head:
+        msg = (f"{artifact} is an error report, not an artifact: job {head.get('job_id')} {head.get('status')}:"
+               f" {head.get('error')}")
+        if as_json:
+            _emit_json({"artifact": artifact, "ok": False, "error_report": True, "problems": [msg]})
+        else:
+            click.echo(msg, err=True)
+        sys.exit(1)
 
     if keys:
         trusted = {}
@@ -982,14 +1029,25 @@ def verify(artifact: str, keys: tuple[str, ...], envelope: str | None, home: str
         if not trusted:
             raise click.ClickException("No public key to verify with; pass --key or --home.")
     problems = verify_artifact(Path(artifact), trusted, Path(envelope) if envelope else None)
+    name = None if problems else signed_name(Path(artifact), Path(envelope) if envelope else None)
+    env_path = Path(envelope) if envelope else Path(artifact).with_name(Path(artifact).name[:-5] + ".dsse.json")
+    try:
+        signers = [sg.get("keyid") for sg in json.loads(env_path.read_bytes()).get("signatures", [])
+                   if isinstance(sg, dict) and sg.get("keyid") in trusted]
+    except (OSError, ValueError, AttributeError):
+        signers = []
     if as_json:
-        _emit_json({"artifact": artifact, "ok": not problems, "problems": problems})
+        _emit_json({"artifact": artifact, "ok": not problems, "problems": problems, "signed_name": name,
+                    "signed_by": signers})
     if problems:
         if not as_json:
             click.echo(f"{artifact} does not verify: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "") + ".", err=True)
         sys.exit(1)
     if not as_json:
-        click.echo(f"{artifact}: OK (hash, subject digest and signatures verified)")
+        renamed = f"; signed as {name}" if name and name != Path(artifact).name else ""
+        click.echo(f"{artifact}: OK (hash, subject digest and signatures verified{renamed})")
+        for kid in signers:
+            click.echo(f"signed by key {kid}")
 
 
 @cli.command()
@@ -1016,7 +1074,7 @@ def plugins(home: str | None, as_json: bool) -> None:
 
 def main() -> None:
     try:
-        cli(standalone_mode=False)
+        cli(standalone_mode=False, prog_name="pandacead")
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:

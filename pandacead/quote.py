@@ -43,80 +43,11 @@ PLAN_FIELDS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "
 CLOCK_SKEW = timedelta(minutes=5)
 
 
-# -- RFC 8785 (JSON Canonicalization Scheme) ---------------------------------------
-
-
-def _jcs_number(x: float | int) -> str:
-    """ECMAScript's Number.prototype.toString, as RFC 8785 §3.2.2.3 requires."""
-    if isinstance(x, bool):
-        raise TypeError("a bool is not a number")
-    if isinstance(x, int):
-        if abs(x) > 2**53:
-            raise ValueError(f"integer {x} is outside IEEE 754 double precision")
-        return str(x)
-    if not math.isfinite(x):
-        raise ValueError("NaN and Infinity are not JSON")
-    if x == 0:
-        return "0"
-    r = repr(x)  # shortest round-trip digits, like ECMAScript
-    mantissa, _, exp_s = r.partition("e")
-    sign = ""
-    if mantissa.startswith("-"):
-        sign, mantissa = "-", mantissa[1:]
-    int_part, _, frac = mantissa.partition(".")
-    digits = (int_part + frac).lstrip("0")
-    # the decimal exponent n such that value = 0.d1d2... × 10^n
-    n = len(int_part) + (int(exp_s) if exp_s else 0)
-    if int_part == "0":
-        n = -(len(frac) - len(frac.lstrip("0"))) + (int(exp_s) if exp_s else 0)
-    digits = digits.rstrip("0") or "0"
-    k = len(digits)
-    if k <= n <= 21:
-        return sign + digits + "0" * (n - k)
-    if 0 < n <= 21:
-        return sign + digits[:n] + "." + digits[n:]
-    if -6 < n <= 0:
-        return sign + "0." + "0" * (-n) + digits
-    e = n - 1
-    body = digits[0] + ("." + digits[1:] if k > 1 else "")
-    return f"{sign}{body}e{'+' if e > 0 else '-'}{abs(e)}"
-
-
-def _jcs(value: Any, out: list[str]) -> None:
-    if value is None or isinstance(value, bool):
-        out.append("null" if value is None else ("true" if value else "false"))
-    elif isinstance(value, (int, float)):
-        out.append(_jcs_number(value))
-    elif isinstance(value, str):
-        out.append(json.dumps(value, ensure_ascii=False))
-    elif isinstance(value, (list, tuple)):
-        out.append("[")
-        for i, v in enumerate(value):
-            if i:
-                out.append(",")
-            _jcs(v, out)
-        out.append("]")
-    elif isinstance(value, dict):
-        out.append("{")
-        # RFC 8785 sorts members by the UTF-16 code units of their names.
-        for i, k in enumerate(sorted(value, key=lambda s: s.encode("utf-16-be"))):
-            if not isinstance(k, str):
-                raise TypeError(f"object key {k!r} is not a string")
-            if i:
-                out.append(",")
-            out.append(json.dumps(k, ensure_ascii=False))
-            out.append(":")
-            _jcs(value[k], out)
-        out.append("}")
-    else:
-        raise TypeError(f"{type(value).__name__} is not JSON")
-
-
 def canonical_json(value: Any) -> bytes:
-    """The RFC 8785 canonical UTF-8 bytes of a JSON value."""
-    out: list[str] = []
-    _jcs(value, out)
-    return "".join(out).encode("utf-8")
+    """The RFC 8785 canonical UTF-8 bytes of a JSON value (the same canonicaliser as artifact hashes)."""
+    from pandacead.artifacts import canonical
+
+    return canonical(value)
 
 
 def job_digest(job: Job) -> str:

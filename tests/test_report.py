@@ -104,3 +104,4 @@ def test_report_json_has_the_page_data(home):
     j = data["jobs"][0]
     assert j["job_id"] == "a1" and [c["epoch"] for c in j["curve"]] == [1, 2, 3]
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", data["generated_at"])
+
