@@ -142,7 +142,8 @@ def collect(settings: Any) -> dict[str, Any]:
                              "accounts": sorted({s["user_id"] for s in by_dataset[name]})})
     finally:
         led.close()
-    return {"home": str(settings.home), "generated_at": _iso(datetime.now(timezone.utc).timestamp()) + " UTC",
+    t_now = datetime.now(timezone.utc).timestamp()
+    return {"home": str(settings.home), "generated_at": _iso(t_now) + " UTC", "generated_t": t_now,
             "composition": composition, "accounts": accounts, "datasets": datasets, "jobs": job_sections}
 
 
@@ -175,11 +176,16 @@ def _fmt(v: float) -> str:
 def svg_chart(
     series: list[dict[str, Any]], *, title: str, chart_id: str, x_label: str, y_label: str,
     budget: float | None = None, step: bool = False, x_time: bool = False, width: int = 560, height: int = 260,
+    until: float | None = None, empty: str = "no data yet", budget_label: str = "budget",
 ) -> str:
-    """A line (or step) chart as an inline SVG. series: [{"label", "points": [(x, y), ...]}]."""
+    """A line (or step) chart as an inline SVG. series: [{"label", "points": [(x, y), ...]}].
+
+    A step chart (a running total) is held at its last value up to `until` (the page's time)."""
     left, right, top, bottom = 62, 16, 30, 44
     pw, ph = width - left - right, height - top - bottom
     xs = [x for s in series for x, y in s["points"] if y is not None]
+    if xs and until is not None and until > max(xs):
+        xs.append(until)
     ys = [y for s in series for x, y in s["points"] if y is not None]
     if budget is not None and math.isfinite(budget):
         ys.append(budget)
@@ -189,7 +195,7 @@ def svg_chart(
              f'<title>{esc(title)}</title>',
              f'<text x="{left}" y="18" class="ct">{esc(title)}</text>']
     if not xs:
-        parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="empty">no data yet</text></svg>')
+        parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="empty">{esc(empty)}</text></svg>')
         return "".join(parts)
     x0, x1 = min(xs), max(xs)
     if x1 == x0:
@@ -207,14 +213,16 @@ def svg_chart(
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" class="grid"/>'
                      f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end" class="tick">{_fmt(t)}</text>')
     xticks = _nice_ticks(x0, x1, 4) if not x_time else [x0 + (x1 - x0) * i / 3 for i in range(4)]
-    for t in xticks:
-        label = datetime.fromtimestamp(t, timezone.utc).strftime("%m-%d %H:%M") if x_time else _fmt(t)
-        parts.append(f'<text x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="middle" class="tick">{label}</text>')
+    tfmt = "%H:%M:%S" if x1 - x0 < 3600 else ("%m-%d %H:%M" if x1 - x0 < 4 * 86400 else "%Y-%m-%d")
+    for n, t in enumerate(xticks):
+        label = datetime.fromtimestamp(t, timezone.utc).strftime(tfmt) if x_time else _fmt(t)
+        anchor = "start" if n == 0 and x_time else ("end" if n == len(xticks) - 1 and x_time else "middle")
+        parts.append(f'<text x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="{anchor}" class="tick">{label}</text>')
     parts.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle" class="axis">{esc(x_label)}</text>'
                  f'<text transform="translate(14,{top + ph / 2}) rotate(-90)" text-anchor="middle" class="axis">{esc(y_label)}</text>')
     if budget is not None and math.isfinite(budget):
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(budget):.1f}" y2="{sy(budget):.1f}" class="budget"/>'
-                     f'<text x="{left + pw - 4}" y="{sy(budget) - 5:.1f}" text-anchor="end" class="blabel">budget {_fmt(budget)}</text>')
+                     f'<text x="{left + pw - 4}" y="{sy(budget) - 5:.1f}" text-anchor="end" class="blabel">{esc(budget_label)} {_fmt(budget)}</text>')
     for i, s in enumerate(series):
         pts = [(x, y) for x, y in s["points"] if y is not None]
         if not pts:
@@ -229,11 +237,15 @@ def svg_chart(
             prev_y = y
         if step:
             coords.insert(0, f"{sx(pts[0][0]):.1f},{sy(0):.1f}")
+            if until is not None and until > pts[-1][0]:
+                coords.append(f"{sx(until):.1f},{sy(pts[-1][1]):.1f}")
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{" ".join(coords)}" class="series"/>')
         for x, y in pts[-60:]:
             parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}"/>')
-        parts.append(f'<rect x="{left + 8}" y="{top + 8 + 16 * i}" width="10" height="10" fill="{color}"/>'
-                     f'<text x="{left + 22}" y="{top + 17 + 16 * i}" class="legend">{esc(s["label"])}</text>')
+        # the legend sits under the plot's top edge on the right, clear of the budget line's label
+        ly = top + ph - 12 - 16 * (len(series) - 1 - i)
+        parts.append(f'<rect x="{left + pw - 170}" y="{ly - 9}" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{left + pw - 156}" y="{ly}" class="legend">{esc(s["label"])}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -253,6 +265,7 @@ table{border-collapse:collapse;font-size:13px}td,th{padding:2px 10px 2px 0;text-
 
 def render(data: dict[str, Any]) -> str:
     esc = html.escape
+    until = data.get("generated_t")
     out = ["<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">",
            f"<title>pandacead report — {esc(data['home'])}</title><style>{CSS}</style></head><body>",
@@ -267,10 +280,10 @@ def render(data: dict[str, Any]) -> str:
         out.append('<div class="card">')
         out.append(svg_chart([{"label": f"ε spent by {a['id']}", "points": [(p["t"], p["epsilon"]) for p in pts]}],
                              title=f"Account {a['id']}: ε", chart_id=f"account-epsilon:{a['id']}", x_label="time (UTC)",
-                             y_label="ε", budget=a["epsilon_budget"], step=True, x_time=True))
+                             y_label="ε", budget=a["epsilon_budget"], step=True, x_time=True, until=until))
         out.append(svg_chart([{"label": f"δ spent by {a['id']}", "points": [(p["t"], p["delta"]) for p in pts]}],
                              title=f"Account {a['id']}: δ", chart_id=f"account-delta:{a['id']}", x_label="time (UTC)",
-                             y_label="δ", budget=a["delta_budget"], step=True, x_time=True, height=200))
+                             y_label="δ", budget=a["delta_budget"], step=True, x_time=True, height=200, until=until))
         last = pts[-1] if pts else {"epsilon": 0.0, "delta": 0.0}
         out.append(f"<p>spent ε {_fmt(last['epsilon'])} of {_fmt(a['epsilon_budget'])}, δ {_fmt(last['delta'])} of"
                    f" {_fmt(a['delta_budget'])}; reserved now ε {_fmt(a['reserved'])}</p></div>")
@@ -283,7 +296,7 @@ def render(data: dict[str, Any]) -> str:
         out.append(svg_chart([{"label": f"ε spent on {d['id']}", "points": [(p["t"], p["epsilon"]) for p in pts]},
                               {"label": f"δ × 10⁵ on {d['id']}", "points": [(p["t"], p["delta"] * 1e5) for p in pts]}],
                              title=f"Dataset {d['id']}", chart_id=f"dataset:{d['id']}", x_label="time (UTC)",
-                             y_label="ε (δ × 10⁵)", budget=d["epsilon_budget"], step=True, x_time=True))
+                             y_label="ε (δ × 10⁵)", budget=d["epsilon_budget"], step=True, x_time=True, until=until))
         out.append(f"<p>accounts: {esc(', '.join(d['accounts']))}"
                    + ("" if d["epsilon_budget"] is not None else " · this ledger keeps no per-dataset budget") + "</p></div>")
     out.append("</div><h2>Per job: loss and ε so far</h2>")
@@ -292,13 +305,15 @@ def render(data: dict[str, Any]) -> str:
         out.append(f"<h3 id=\"job-{esc(j['job_id'])}\">{esc(j['job_id'])} — <span class=\"{'ok' if ok else 'bad'}\">"
                    f"{esc(j['status'])}</span></h3><div class=\"grid-wrap\"><div class=\"card\">")
         curve = j["curve"]
+        empty = "no training: refused before it ran" if j["status"] == "rejected" else "no progress recorded"
         out.append(svg_chart([{"label": "training loss", "points": [(c["epoch"], c["loss"]) for c in curve]}],
                              title=f"{j['job_id']}: loss", chart_id=f"job-loss:{j['job_id']}", x_label="epoch",
-                             y_label="loss", width=420, height=220))
+                             y_label="loss", width=420, height=220, empty=empty))
         out.append("</div><div class=\"card\">")
         out.append(svg_chart([{"label": "ε so far", "points": [(c["epoch"], c["epsilon"]) for c in curve]}],
                              title=f"{j['job_id']}: ε so far", chart_id=f"job-epsilon:{j['job_id']}", x_label="epoch",
-                             y_label="ε", budget=j["parameters"].get("epsilon_planned"), width=420, height=220))
+                             y_label="ε", budget=j["parameters"].get("epsilon_planned"), width=420, height=220, empty=empty,
+                             budget_label="planned ε"))
         rows = [("account", j["account"]), ("dataset", j["dataset"]), ("backend", j["backend"]),
                 ("ε", j["epsilon"]), ("δ", j["delta"]), ("started", j["created_at"]), ("updated", j["updated_at"])]
         rows += list(j["parameters"].items())

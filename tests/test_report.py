@@ -78,7 +78,7 @@ def test_report_renders_in_headless_chromium_with_a_chart_per_account_dataset_an
     for jid in ("a1", "a2", "b1"):
         assert charts[f"job-loss:{jid}"] == 1 and charts[f"job-epsilon:{jid}"] == 1
     assert charts["job-loss:x"] == 0  # a refused job has no curve, and the page says so
-    assert "no data yet" in dom.stdout
+    assert "no training: refused before it ran" in dom.stdout
 
     shot = tmp_path / "report.png"
     s = chromium(f"--screenshot={shot}", "--window-size=1280,1600", "--hide-scrollbars", page.as_uri())
