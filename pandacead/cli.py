@@ -806,6 +806,35 @@ def jobs_show(job_id: str, home: str | None, as_json: bool) -> None:
                    + (f", report {o['report']}.error.json" if o.get("report") else ""))
 
 
+@jobs.command("summary")
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def jobs_summary(home: str | None, limit: int, as_json: bool) -> None:
+    """One line per recent job (backend, ε, metric, artifact or report), then what to do next (`make demo` ends with it)."""
+    s = _settings(home)
+    led = _ledger(home)
+    rows = [_enrich(s, led, r) for r in led.jobs(limit)]
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        r["metric"] = "  ".join(f"{k}={_cell(v)}" for k, v in (r.get("metrics") or {}).items() if k in ("accuracy", "r2", "mse")) or None
+        r["where"] = r.get("artifact") or r.get("report_path")
+    click.echo(_table(rows, [("job_id", "JOB"), ("status", "STATUS"), ("backend", "BACKEND"), ("epsilon", "ε"),
+                             ("metric", "METRIC"), ("where", "ARTIFACT / REPORT")]))
+    click.echo()
+    h = f" --home {s.home}" if home else ""
+    steps = [(f"pandacead verify{h} {s.outbox}/JOB.json", "check an artifact's hash and signature"),
+             (f"pandacead jobs show{h} JOB", "one job in full; `jobs logs JOB` for its epochs"),
+             (f"pandacead quote{h} JOB.json", "what a new job would cost, before paying"),
+             (f"pandacead report{h}", "budgets and loss curves as an HTML page")]
+    pad = max(len(c) for c, _ in steps)
+    click.echo("Next:")
+    for c, why in steps:
+        click.echo(f"  {c.ljust(pad)}  # {why}")
+
+
 @jobs.command("logs")
 @click.argument("job_id")
 @click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
