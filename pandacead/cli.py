@@ -647,9 +647,9 @@ def _enrich(s: Any, led: Any, row: dict[str, Any]) -> dict[str, Any]:
         row["report_path"] = str(s.outbox / f"{row['report']}.error.json")
     spend = led.spend(row["job_id"]) if row.get("status") not in ("queued",) else None
     mine = spend is not None and spend.get("owner") == row.get("owner")
-    if mine and spend["state"] == "committed":
+    if spend is not None and mine and spend["state"] == "committed":
         row["epsilon_is"] = "charged"
-    elif mine and spend["state"] == "reserved":
+    elif spend is not None and mine and spend["state"] == "reserved":
         row["epsilon_is"] = "reserved"
     elif mine:
         row["epsilon_is"] = "released"
@@ -704,7 +704,7 @@ def jobs_list(home: str | None, statuses: tuple[str, ...], account: str | None, 
     s = _settings(home)
     led = _ledger(home)
     cutoff = _since(since)
-    sql, args = "SELECT * FROM jobs WHERE 1=1", []
+    sql, args = "SELECT * FROM jobs WHERE 1=1", list[Any]()
     if statuses:
         sql += f" AND status IN ({', '.join('?' for _ in statuses)})"
         args.extend(statuses)

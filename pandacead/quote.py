@@ -243,9 +243,9 @@ def check_admission(
     except Exception as exc:  # no public key: nothing can be trusted
         raise refuse(f"this host's public key is unavailable ({exc})", "no key to verify with") from None
     stmt, problems = verify_envelope(env, trusted)
-    sigs = env.get("signatures") if isinstance(env.get("signatures"), list) else []
-    good = [s for s in sigs if isinstance(s, dict) and s.get("keyid") in trusted]
-    if stmt is None or not good or any("does not verify" in p for p in problems):
+    sigs = env.get("signatures")
+    good = [s for s in (sigs if isinstance(sigs, list) else []) if isinstance(s, dict) and s.get("keyid") in trusted]
+    if stmt is None or not good or problems:
         raise refuse("the quote is not signed by this host", "; ".join(problems) or "no signature by this host")
     if not isinstance(stmt, dict) or stmt.get("predicateType") != PREDICATE_TYPE:
         raise refuse("the signed statement is not a quote", "wrong predicateType")

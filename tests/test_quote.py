@@ -74,8 +74,9 @@ def test_a_job_whose_plan_changed_since_its_quote_is_refused_and_not_charged(tmp
 
 
 def test_tampered_expired_foreign_or_unknown_quotes_are_refused(home):
-    from pandacead.signing import Ed25519Signer, envelope, envelope_payload
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from pandacead.signing import Ed25519Signer, envelope, envelope_payload
 
     qdir = home / "state" / "quotes"
     # tampered: the stored envelope's statement is edited (ε lowered), digest kept

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import tempfile
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 from conftest import cli, drop, job, run_once
