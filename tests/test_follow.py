@@ -119,6 +119,9 @@ def test_jobs_cancel_stops_a_hanging_worker_and_the_daemon_goes_on(tmp_path, dae
     d = daemon_factory(home)
     drop(home, "hung.json", job("hung", backend="hang"))
     wait_for(lambda: (ledger(home).job("hung") or {}).get("status") == "running", timeout=60)
+    shown = json.loads(cli(home, "jobs", "show", "hung", "--json").stdout)
+    assert shown["status"] == "running" and shown["epsilon_is"] == "reserved" and shown["elapsed_seconds"] >= 0
+    assert "   epsilon: 1 (reserved)" in cli(home, "jobs", "show", "hung").stdout.decode().splitlines()
     r = cli(home, "jobs", "cancel", "hung", "--wait", "30")
     assert r.returncode == 0, r.stderr.decode() + d.output()
     assert r.stdout.decode().startswith("hung failed: Job hung was cancelled while training") and "(charged ε=1)" in r.stdout.decode()
@@ -166,3 +169,22 @@ def test_jobs_show_says_which_epsilon_and_notes_a_refused_replay(home):
                for ln in show)
     j = json.loads(cli(home, "jobs", "show", "a", "--json").stdout)
     assert j["epsilon_is"] == "charged" and j["duration_seconds"] >= 0 and j["other_submissions"][0]["status"] == "rejected"
+
+
+def test_submit_wait_never_takes_an_earlier_outcome_for_this_one(tmp_path, daemon_factory):
+    home = make_home(tmp_path / "h")
+    drop(home, "a.json", job("a"))
+    drop(home, "r.json", job("r", epsilon=90))
+    run_once(home)
+    assert outcomes(home) == {"a": "artifact", "r": "error"}
+    d = daemon_factory(home)
+    (home / "a.json").write_text(json.dumps(job("a")))
+    again = cli(home, "submit", str(home / "a.json"), "--wait", "--timeout", "60")
+    # the replay is refused; the earlier artifact beside it is not this submission's outcome
+    assert again.returncode == 1 and again.stdout == b"", again.stdout
+    assert "already submitted" in again.stderr.decode() and "a.error.json" in again.stderr.decode()
+    (home / "r.json").write_text(json.dumps(job("r", epsilon=90)))
+    r = cli(home, "submit", str(home / "r.json"), "--wait", "--timeout", "60", "--json", "--no-check")
+    out = json.loads(r.stdout)
+    assert r.returncode == 1 and out["path"].endswith("r~1.error.json") and out["status"] == "rejected"
+    assert d.stop() == 0
