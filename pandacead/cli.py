@@ -8,7 +8,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -220,12 +220,16 @@ def _check_against_home(s: Any, job: Any, job_file: str) -> None:
     from pandacead.errors import JobError
     from pandacead.pipeline import Pipeline
 
-    app = App(s, with_key=False)
+    try:
+        app = App(s, with_key=False)
+    except OSError as exc:  # a producer may not read the service's state/: the daemon decides
+        click.echo(f"pandacead: {job_file} was not checked against {s.home} ({exc.strerror or exc}).", err=True)
+        return
     assert app.ctx is not None
     try:
         app.ctx.dataset(job)
         trainer = Pipeline(s, app.plugins, app.ctx, "submit").select(job)
-        if job.quote is not None:
+        if job.quote is not None and os.access(s.state, os.R_OK | os.X_OK):
             from pandacead import quote as q
             from pandacead.ledger import Ledger
             from pandacead.trainers import PrivacyPlan
@@ -279,23 +283,65 @@ def submit(job_file: str, home: str | None, wait: bool, timeout: float, dry_run:
         target = s.inbox / f"{job.job_id}~{n}.json"
         n += 1
     baseline = _last_job_row(s) if wait else 0
+    started = time.time()
     publish(target, data, mode=0o644)
     if not wait:
         click.echo(f"submitted {job.job_id} as {target}")
         return
+    if baseline is None:
+        _wait_in_outbox(s, job.job_id, target, started, timeout, as_json)
     _wait_for_outcome(s, job.job_id, target, baseline, timeout, as_json)
 
 
-def _last_job_row(s: Any) -> int:
-    """The newest row of the ledger's jobs table: --wait follows only rows after it."""
-    if not s.ledger_path.exists():
-        return 0
-    led = _ledger(str(s.home), "submit")
+def _print_outcome(job_id: str, path: Path, ok: bool, as_json: bool) -> NoReturn:
+    outcome = json.loads(path.read_text("utf-8"))
+    if as_json:
+        _emit_json({k: v for k, v in outcome.items() if k != "model"} | {"path": str(path)})
+    elif ok:
+        click.echo(f"{job_id} succeeded: ε={outcome['epsilon']:.6g} {_metric(outcome)}"
+                   f" backend={outcome['backend']} → {path}")
+    else:
+        click.echo(f"{job_id} {outcome['status']}: {outcome['error']} (report {path})", err=True)
+    sys.exit(0 if ok else 1)
+
+
+def _wait_in_outbox(s: Any, job_id: str, target: Path, started: float, timeout: float, as_json: bool) -> NoReturn:
+    """--wait without the ledger: the first outcome for job_id written after the file was taken.
+
+    Without the ledger a report's ~N name cannot be known; the newest report
+    for the job_id written after the submission is taken to be ours."""
+    from pandacead.artifacts import ENVELOPE_SUFFIX, ERROR_SUFFIX
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not target.exists():
+            art = s.outbox / f"{job_id}.json"
+            reports = [p for p in [s.outbox / f"{job_id}{ERROR_SUFFIX}", *s.outbox.glob(f"{job_id}~*{ERROR_SUFFIX}")]
+                       if p.exists() and p.stat().st_mtime >= started - 1]
+            if reports:
+                _print_outcome(job_id, max(reports, key=lambda p: p.stat().st_mtime), False, as_json)
+            if art.exists() and art.stat().st_mtime >= started - 1 and (s.outbox / f"{job_id}{ENVELOPE_SUFFIX}").exists():
+                _print_outcome(job_id, art, True, as_json)
+        time.sleep(0.2)
+    raise click.ClickException(f"No outcome for {job_id} after {timeout:g} s; is `pandacead run` running on {s.home}?")
+
+
+def _last_job_row(s: Any) -> int | None:
+    """The newest row of the ledger's jobs table: --wait follows only rows after it.
+
+    None when this user cannot read the ledger (a producer on a systemd host):
+    --wait then watches the outbox alone, without a progress bar."""
+    if not os.access(s.state, os.R_OK | os.X_OK) or not os.access(s.ledger_path, os.R_OK):
+        return None
     try:
-        rows = led.query("SELECT max(id) AS m FROM jobs")
-        return int(rows[0]["m"] or 0)
-    finally:
-        led.close()
+        led = _ledger(str(s.home), "submit")
+        try:
+            rows = led.query("SELECT max(id) AS m FROM jobs")
+            return int(rows[0]["m"] or 0)
+        finally:
+            led.close()
+    except (sqlite3.Error, OSError, ConfigError):
+        return None
 
 
 def _this_submission(s: Any, job_id: str, target: Path, baseline: int) -> dict[str, Any] | None:
@@ -334,7 +380,7 @@ def progress_line(row: dict[str, Any], now: float, width: int = 80) -> str:
     return ("[" + "#" * filled + "-" * (bar_w - filled) + "]" + tail)[: width - 1]
 
 
-def _wait_for_outcome(s: Any, job_id: str, target: Path, baseline: int, timeout: float, as_json: bool) -> None:
+def _wait_for_outcome(s: Any, job_id: str, target: Path, baseline: int, timeout: float, as_json: bool) -> NoReturn:
     import shutil
 
     from pandacead.artifacts import ENVELOPE_SUFFIX, ERROR_SUFFIX
@@ -353,15 +399,7 @@ def _wait_for_outcome(s: Any, job_id: str, target: Path, baseline: int, timeout:
             if path.exists() and (not ok or (s.outbox / f"{job_id}{ENVELOPE_SUFFIX}").exists()):
                 if shown:
                     click.echo("\r" + " " * len(shown) + "\r", nl=False, err=True)
-                outcome = json.loads(path.read_text("utf-8"))
-                if as_json:
-                    _emit_json({k: v for k, v in outcome.items() if k != "model"} | {"path": str(path)})
-                elif ok:
-                    click.echo(f"{job_id} succeeded: ε={outcome['epsilon']:.6g} {_metric(outcome)}"
-                               f" backend={outcome['backend']} → {path}")
-                else:
-                    click.echo(f"{job_id} {outcome['status']}: {outcome['error']} (report {path})", err=True)
-                sys.exit(0 if ok else 1)
+                _print_outcome(job_id, path, ok, as_json)
             line = f"{job_id}: {row['status']}, publishing"
         else:
             line = progress_line(row, time.time(), width) if row is not None else ""

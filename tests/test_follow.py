@@ -188,3 +188,24 @@ def test_submit_wait_never_takes_an_earlier_outcome_for_this_one(tmp_path, daemo
     out = json.loads(r.stdout)
     assert r.returncode == 1 and out["path"].endswith("r~1.error.json") and out["status"] == "rejected"
     assert d.stop() == 0
+
+
+def test_submit_wait_without_access_to_the_ledger_watches_the_outbox(tmp_path, daemon_factory, monkeypatch):
+    # A producer on a systemd host cannot read state/ (0700): --wait falls back to the outbox.
+    from click.testing import CliRunner
+
+    import pandacead.cli as cli_mod
+
+    home = make_home(tmp_path / "h")
+    drop(home, "old.json", job("old", epsilon=90))
+    run_once(home)  # an earlier report for the same job_id, older than this submission
+    monkeypatch.setattr(cli_mod, "_last_job_row", lambda s: None)
+    d = daemon_factory(home)
+    (home / "ok.json").write_text(json.dumps(job("ok")))
+    r = CliRunner().invoke(cli_mod.cli, ["submit", str(home / "ok.json"), "--wait", "--timeout", "60", "--home", str(home)])
+    assert r.exit_code == 0 and r.output.startswith("ok succeeded: ε=1 "), r.output
+    (home / "old.json").write_text(json.dumps(job("old", epsilon=90)))
+    r = CliRunner().invoke(cli_mod.cli, ["submit", str(home / "old.json"), "--wait", "--timeout", "60", "--home", str(home),
+                                         "--json"])
+    assert r.exit_code == 1 and json.loads(r.output)["path"].endswith("old~1.error.json"), r.output
+    assert d.stop() == 0
