@@ -127,3 +127,18 @@ def test_submit_checks_dataset_backend_and_quote_at_once(home):
     (home / "d.json").write_text(json.dumps(job("d")))
     dry = json.loads(cli(home, "submit", str(home / "d.json"), "--dry-run", "--json").stdout)
     assert dry["epsilon"] == 1.0 and not list((home / "inbox").glob("*.json"))
+
+
+def test_under_rdp_the_quoted_marginal_cost_is_what_the_account_then_spends(tmp_path):
+    home = make_home(tmp_path / "h")
+    cfg = (home / "pandacead.toml").read_text().replace('default_delta = 1e-3', 'default_delta = 1e-3\ncomposition = "rdp"')
+    (home / "pandacead.toml").write_text(cfg)
+    drop(home, "a.json", job("a", epsilon=1.0))
+    run_once(home)
+    q = _quote(home, job("b", epsilon=1.0))
+    assert q["composition"] == "rdp" and 0 < q["account_after"]["marginal_epsilon"] <= 1.0 + 1e-9  # never dearer than adding
+    drop(home, "b.json", {**job("b", epsilon=1.0), "quote": q["quote"]})
+    run_once(home)
+    after = json.loads(cli(home, "budget", "show", "alice", "--json").stdout)
+    assert after["epsilon_spent"] == pytest.approx(q["account_after"]["epsilon_used"] + q["account_after"]["marginal_epsilon"])
+    assert after["epsilon_remaining"] == pytest.approx(q["account_after"]["epsilon_left_after"])
