@@ -202,6 +202,13 @@ class Pipeline:
     def cancel_requested(self, job_id: str) -> bool:
         return os.path.lexists(cancel_path(self.settings, job_id))
 
+    def _refuse_if_cancelled(self, job: Job) -> None:
+        if self.cancel_requested(job.job_id):
+            with contextlib.suppress(OSError):
+                os.unlink(cancel_path(self.settings, job.job_id))
+            raise JobRejected(f"Job {job.job_id} was cancelled before it started; nothing was charged.",
+                              ["cancelled: before training"])
+
     def _cancelled(self, job: Job) -> Cancelled:
         with contextlib.suppress(OSError):
             os.unlink(cancel_path(self.settings, job.job_id))
@@ -489,11 +496,8 @@ class Pipeline:
             faults.point("parsed")
             extra = {"job_id": job.job_id, "user_id": job.user_id}
             log.info("job %s validated (user %s, dataset %s)", job.job_id, job.user_id, job.dataset, extra=extra)
-            if prior is None and self.cancel_requested(job.job_id):
-                with contextlib.suppress(OSError):
-                    os.unlink(cancel_path(self.settings, job.job_id))
-                raise JobRejected(f"Job {job.job_id} was cancelled before it started; nothing was charged.",
-                                  ["cancelled: before training"])
+            if prior is None:
+                self._refuse_if_cancelled(job)
             trainer = self.select(job)
             if prior is not None:
                 return self._resume(spooled, job, trainer, prior)
@@ -504,6 +508,7 @@ class Pipeline:
                 from pandacead.quote import check_admission
 
                 check_admission(self.settings, job, trainer.name, plan)
+            self._refuse_if_cancelled(job)  # cancelled while it was planned: still nothing touched
             self._require_outbox(job.job_id)
             row_id = led.reserve(job.job_id, job.user_id, plan, trainer.name, owner=fname, file=fname)
             faults.point("reserved")
@@ -551,6 +556,8 @@ class Pipeline:
                  job.user_id, extra=extra)
         self.record_final_progress()
         self.cleanup(spooled)
+        with contextlib.suppress(OSError):  # a cancel request that came too late
+            os.unlink(cancel_path(self.settings, job.job_id))
         out = Outcome(job.job_id, "succeeded", job.user_id, trainer.name, result.epsilon, artifact=path)
         self._notify(job, out)
         return out
