@@ -209,3 +209,19 @@ def test_submit_wait_without_access_to_the_ledger_watches_the_outbox(tmp_path, d
                                          "--json"])
     assert r.exit_code == 1 and json.loads(r.output)["path"].endswith("old~1.error.json"), r.output
     assert d.stop() == 0
+
+
+def test_progress_line_renders_as_a_user_sees_it():
+    from pandacead.cli import progress_line
+    from pandacead.report import parse_time
+
+    start = "2026-12-01T09:00:00.000000Z"
+    t0 = parse_time(start)
+    row = {"job_id": "j", "status": "running", "created_at": start,
+           "progress": {"epoch": 3, "epochs": 10, "loss": 0.41234567, "epsilon": 0.5}}
+    assert progress_line(row, t0 + 30, 80) == (
+        "[######--------------] epoch 3/10  loss 0.412346  ε 0.5  0:30 elapsed  ETA 1:10")
+    narrow = progress_line(row, t0 + 30, 60)
+    assert len(narrow) <= 59 and narrow.startswith("[###-------] epoch 3/10")
+    assert progress_line({**row, "progress": None}, t0 + 5, 80) == "j: training  0:05 elapsed"
+    assert progress_line({**row, "status": "succeeded"}, t0 + 5, 80) == "j: succeeded"
