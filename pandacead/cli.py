@@ -271,8 +271,9 @@ def submit(job_file: str, home: str | None, wait: bool, timeout: float, dry_run:
     s = _settings(home)
     data, job = _read_job(job_file)
     if dry_run:
-        _print_quote(_quote(s, job, job_file, None), as_json)
-        return
+        qt = _quote(s, job, job_file, None)
+        _print_quote(qt, as_json)
+        sys.exit(0 if qt.summary()["fits"] else 1)
     if not s.inbox.is_dir():
         raise ConfigError(f"The inbox {s.inbox} does not exist; run `pandacead init --home {s.home}`.")
     if not no_check:
