@@ -104,7 +104,7 @@ def admission_preview(ledger: Any, account: str, dataset: str, plan: PrivacyPlan
 
 
 # Plan-only throughput figures (docs/benchmarks.md order of magnitude on one CPU core).
-_STARTUP_SECONDS = {"opacus": 2.0, "syft": 20.0, "mock": 0.05}
+_STARTUP_SECONDS = {"opacus": 4.0, "syft": 20.0, "mock": 0.05}  # accountant, data loading, warm-up
 _FLOPS_PER_SECOND = 2e8
 
 
