@@ -189,13 +189,14 @@ class WorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
-        if self.proc is None:
+        proc = self.proc  # one local: close() and a warm-up thread may kill the same worker at once
+        if proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
-            self.proc.wait(timeout=10)
-        for stream in (self.proc.stdin, self.proc.stdout):
+            proc.wait(timeout=10)
+        for stream in (proc.stdin, proc.stdout):
             with contextlib.suppress(Exception):
                 if stream:
                     stream.close()
