@@ -26,6 +26,8 @@ demo: $(STAMP)
 	$(BIN)/pandacead run --home . --once
 	@for f in outbox/*.json; do case $$f in *.dsse.json|*.error.json) ;; *) $(BIN)/pandacead verify --home . $$f ;; esac; done
 	$(BIN)/pandacead budget show --home .
+	@echo
+	$(BIN)/pandacead jobs summary --home .
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

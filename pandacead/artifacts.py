@@ -225,14 +225,31 @@ def verify_artifact(
     if stmt is not None:
         subjects = stmt.get("subject") if isinstance(stmt, dict) else None
         digest = hashlib.sha256(data).hexdigest()
+        # The digest binds the envelope to the bytes; a renamed file still verifies
+        # (`signed_name` tells under which name it was signed).
         ok = isinstance(subjects, list) and any(
-            isinstance(s, dict) and s.get("name") == path.name
-            and isinstance(s.get("digest"), dict) and s["digest"].get("sha256") == digest
+            isinstance(s, dict) and isinstance(s.get("digest"), dict) and s["digest"].get("sha256") == digest
             for s in subjects
         )
         if not ok:
             problems.append(f"the envelope does not name {path.name} with its sha256 {digest[:16]}…")
     return problems
+
+
+def signed_name(path: Path, envelope_path: Path | None = None) -> str | None:
+    """The subject name under which the envelope signed the bytes at `path` (None if none matches)."""
+    import base64
+
+    env_path = envelope_path or path.with_name(path.name[: -len(".json")] + ENVELOPE_SUFFIX)
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        stmt = json.loads(base64.b64decode(json.loads(env_path.read_bytes())["payload"]))
+        for s in stmt.get("subject") or []:
+            if isinstance(s, dict) and (s.get("digest") or {}).get("sha256") == digest:
+                return str(s.get("name"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return None
 
 
 Signer = Callable[[bytes], list[dict[str, str]]]

@@ -61,6 +61,7 @@ class Job:
     seed: int = 42
     backend: str | None = None
     model: ModelSpec = field(default_factory=ModelSpec)
+    quote: str | None = None  # "sha256:<hex>" of a quote this host issued (pandacead.quote)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -287,6 +288,7 @@ def validate(raw: Any, *, default_user: str | None = None) -> Job:
         seed=int(raw.get("seed", 42)),
         backend=raw.get("backend"),
         model=ModelSpec(type=model_raw.get("type", "linear"), hidden=tuple(model_raw.get("hidden", ()))),
+        quote=raw.get("quote"),
     )
 
 

@@ -38,6 +38,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import sqlite3
 import threading
 import time
@@ -93,6 +94,42 @@ class Deferred(OSError):
         super().__init__(err, message)
         self.message = message
         self.reason = reason or message  # the problem alone, without what happens next
+
+
+class Cancelled(JobFailed):
+    """`pandacead jobs cancel` stopped the job while it trained: what it touched is charged."""
+
+
+CANCEL_DIR = "cancel"  # state/cancel/<job_id>: a cancel request `pandacead jobs cancel` leaves for the daemon
+
+
+def cancel_path(settings: Any, job_id: str) -> Path:
+    return Path(settings.state) / CANCEL_DIR / job_id
+
+
+def history_path(settings: Any, row_id: int) -> Path:
+    """state/history/<jobs row id>.jsonl: a job's parameters, then one line per progress report
+    (`pandacead jobs logs`, `pandacead report`). For the earner: under state/, never in the outbox."""
+    return Path(settings.state) / "history" / f"{int(row_id)}.jsonl"
+
+
+class _History:
+    """Appends a job's progress to its history file; best effort (no fsync: it is a view, not a record)."""
+
+    def __init__(self, settings: Any, row_id: int, job: Job, backend: str, plan: PrivacyPlan):
+        self.path = history_path(settings, row_id)
+        meta = {"type": "job", "at": time.time(), "job_id": job.job_id, "account": job.user_id,
+                "dataset": job.dataset, "backend": backend, "epochs": job.epochs, "batch_size": job.batch_size,
+                "learning_rate": job.learning_rate, "model": job.model.type, "hidden": list(job.model.hidden),
+                "epsilon_requested": job.dp.epsilon, "delta": plan.delta, "epsilon_planned": plan.epsilon,
+                "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps}
+        self.write(meta)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record, default=str) + "\n")
 
 
 @dataclass
@@ -183,8 +220,60 @@ class Pipeline:
                 request, timeout, on_progress=progress, stopping=getattr(self.pool, "stopping", None))
             return TrainResult.from_dict(value)
         with self.pool.worker() as w:
-            value = w.call(request, timeout=timeout if op == "train" else max(60.0, timeout / 10), on_progress=progress)
+            if op != "train":
+                value = w.call(request, timeout=max(60.0, timeout / 10), on_progress=progress)
+            else:
+                with self._cancel_watch(job, w) as cancelled:
+                    try:
+                        value = w.call(request, timeout=timeout, on_progress=progress)
+                    except JobFailed:
+                        if cancelled.is_set():
+                            raise self._cancelled(job) from None
+                        raise
         return PrivacyPlan.from_dict(value) if op == "plan" else TrainResult.from_dict(value)
+
+    # -- cancellation (pandacead jobs cancel) ---------------------------------
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return os.path.lexists(cancel_path(self.settings, job_id))
+
+    def _refuse_if_cancelled(self, job: Job) -> None:
+        if self.cancel_requested(job.job_id):
+            with contextlib.suppress(OSError):
+                os.unlink(cancel_path(self.settings, job.job_id))
+            raise JobRejected(f"Job {job.job_id} was cancelled before it started; nothing was charged.",
+                              ["cancelled: before training"])
+
+    def _cancelled(self, job: Job) -> Cancelled:
+        with contextlib.suppress(OSError):
+            os.unlink(cancel_path(self.settings, job.job_id))
+        return Cancelled(
+            f"Job {job.job_id} was cancelled while training; it had touched the data, so its reservation is charged.",
+            ["cancelled: while training (charged)"],
+        )
+
+    @contextlib.contextmanager
+    def _cancel_watch(self, job: Job, w: Any) -> Any:
+        """While a worker trains `job`, stop it (SIGKILL to its process group) if a cancel request appears."""
+        done, cancelled = threading.Event(), threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.25):
+                if self.cancel_requested(job.job_id):
+                    cancelled.set()
+                    proc = getattr(w, "proc", None)
+                    if proc is not None:
+                        with contextlib.suppress(OSError):
+                            os.killpg(proc.pid, signal.SIGKILL)
+                    return
+
+        t = threading.Thread(target=watch, name=f"cancel-watch-{job.job_id}", daemon=True)
+        t.start()
+        try:
+            yield cancelled
+        finally:
+            done.set()
+            t.join(timeout=5)
 
     # -- stages ---------------------------------------------------------------
 
@@ -354,9 +443,13 @@ class Pipeline:
         history: list[dict[str, Any]] = []
         last_info = [-math.inf]
         throttle = float(self.settings.daemon.get("progress_log_seconds", 10.0))
+        history_file = _History(self.settings, row_id, job, trainer.name, plan)  # `jobs logs`
 
         def progress(p: dict[str, Any]) -> None:
+            if not getattr(trainer, "isolated", False) and self.cancel_requested(job.job_id):
+                raise self._cancelled(job)  # an in-process trainer stops at its next progress report
             extra: dict[str, Any] = {"job_id": job.job_id, "user_id": job.user_id}
+            history_file.write({"type": "progress", "at": time.time(), **p})
             if (p.get("stage") == "data_loaded" or p.get("epoch") is not None) and not self._local.touched:
                 # From here on the job is charged whatever happens (docs/privacy.md). Durable for
                 # private data: a job row with progress is one whose trainer read the data.
@@ -598,6 +691,8 @@ class Pipeline:
             faults.point("parsed")
             extra = {"job_id": job.job_id, "user_id": job.user_id}
             log.info("job %s validated (user %s, dataset %s)", job.job_id, job.user_id, job.dataset, extra=extra)
+            if prior is None:
+                self._refuse_if_cancelled(job)
             trainer = self.select(job)
             if prior is not None:
                 return self._resume(spooled, job, trainer, prior)
@@ -605,6 +700,11 @@ class Pipeline:
             plan = self.plan(job, trainer)
             faults.point("planned")
             self.check_budget(job, plan)
+            if job.quote is not None:
+                from pandacead.quote import check_admission
+
+                check_admission(self.settings, job, trainer.name, plan)
+            self._refuse_if_cancelled(job)  # cancelled while it was planned: still nothing touched
             self._require_outbox(job.job_id)
             row_id = led.reserve(job.job_id, job.user_id, plan, trainer.name, owner=fname, file=fname,
                                  dataset=job.dataset, scope=scope, create_account=not scope,
@@ -660,6 +760,8 @@ class Pipeline:
         self.record_final_progress()
         self.drop_checkpoints(job.job_id)
         self.cleanup(spooled)
+        with contextlib.suppress(OSError):  # a cancel request that came too late
+            os.unlink(cancel_path(self.settings, job.job_id))
         out = Outcome(job.job_id, "succeeded", job.user_id, trainer.name, result.epsilon, artifact=path)
         self._notify(job, out)
         return out
@@ -754,8 +856,10 @@ class Pipeline:
                 # This file's job is published and charged; what failed came after (clean-up).
                 # Never report a charged job as failed: its file is settled on a retry.
                 raise Deferred(f"Job {job_id} succeeded but could not be cleaned up: {exc.message}")
-        charge = self._touched(job, row_id)
-        if charge:
+        # A job cancelled while it trained is charged too (tools: `jobs cancel`), its own
+        # sentence kept: whether it had read the data yet is not known, so fail closed.
+        charge = isinstance(exc, Cancelled) or self._touched(job, row_id)
+        if charge and not isinstance(exc, Cancelled):
             # The trainer read private data: the job is charged, and what the buyer reads is
             # one sentence that depends on nothing but the job (a divergence is reported as
             # such: it is decided on the DP model alone). The admin's log keeps the detail.

@@ -142,8 +142,15 @@ def envelope_payload(stmt: dict[str, Any]) -> bytes:
 
 
 def verify_envelope(env: Any, keys: dict[str, Ed25519PublicKey]) -> tuple[dict[str, Any] | None, list[str]]:
-    """Check every signature of a DSSE envelope. Returns (statement, problems)."""
+    """Check a DSSE envelope's signatures. Returns (statement, problems).
+
+    As in DSSE and securesystemslib, signatures by keys we do not know are
+    ignored as long as one signature is by a trusted key and verifies; a
+    signature by a trusted key that does not verify is always a problem.
+    """
     problems: list[str] = []
+    unknown: list[str] = []
+    verified = 0
     if not isinstance(env, dict):
         return None, ["the envelope is not a JSON object"]
     if env.get("payloadType") != PAYLOAD_TYPE:
@@ -169,10 +176,13 @@ def verify_envelope(env: Any, keys: dict[str, Ed25519PublicKey]) -> tuple[dict[s
         seen.add(kid)
         key = keys.get(kid)
         if key is None:
-            problems.append(f"signature {i} is by an unknown key {kid[:16]}…")
+            unknown.append(f"signature {i} is by an unknown key {kid[:16]}…")
             continue
         try:
             key.verify(base64.b64decode(sig.get("sig", ""), validate=True), signed)
+            verified += 1
         except (InvalidSignature, ValueError, TypeError):
             problems.append(f"signature {i} by key {kid[:16]}… does not verify")
+    if not verified:
+        problems.extend(unknown)
     return stmt, problems

@@ -250,10 +250,12 @@ def test_verify_accepts_the_untouched_pair(signed, tmp_path):
     assert _verify(signed, art)[0] == 0
 
 
-def test_verify_refuses_an_artifact_renamed_onto_another_name(signed, tmp_path):
+def test_verify_of_an_artifact_renamed_onto_another_name_says_the_name_it_was_signed_under(signed, tmp_path):
+    # Issue #16: a renamed artifact verifies by its digest, and verify says under which name it
+    # was signed, so c.json cannot pass for job c's result unnoticed (its job_id is hashed, too).
     art, _ = _pair(signed, tmp_path, "a", as_name="c")
     code, out = _verify(signed, art)
-    assert code == 1 and "does not name c.json" in out
+    assert code == 0 and "signed as a.json" in out and json.loads(art.read_text())["job_id"] == "a"
 
 
 def test_verify_refuses_a_changed_payload_type(signed, tmp_path):
@@ -262,7 +264,7 @@ def test_verify_refuses_a_changed_payload_type(signed, tmp_path):
     assert _verify(signed, art)[0] == 1
 
 
-def test_verify_refuses_an_extra_signature_by_an_unknown_key(signed, tmp_path):
+def test_verify_ignores_an_extra_signature_by_an_unknown_key_but_never_trusts_it_alone(signed, tmp_path):
     from pandacead.signing import PAYLOAD_TYPE, pae
 
     art, env = _pair(signed, tmp_path)
@@ -271,6 +273,9 @@ def test_verify_refuses_an_extra_signature_by_an_unknown_key(signed, tmp_path):
     def add(e):
         e["signatures"].append(other.sign(pae(PAYLOAD_TYPE, base64.b64decode(e["payload"]))))
     _edit(env, add)
+    code, out = _verify(signed, art)
+    assert code == 0  # Issue #16: as DSSE, an unknown co-signer is ignored while a trusted signature holds
+    _edit(env, lambda e: e.update(signatures=e["signatures"][1:]))  # ... but it alone is not enough
     code, out = _verify(signed, art)
     assert code == 1 and "unknown key" in out
 
