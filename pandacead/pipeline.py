@@ -216,6 +216,11 @@ class Pipeline:
             raise JobRejected(f"Choosing a backend failed: {exc}.", [f"backend: {exc}"]) from None
         if name not in trainers:
             raise JobRejected(f"Backend {name!r} is not available on this host.", [f"backend: {name!r}"])
+        if job.search and not getattr(trainers[name], "supports_search", False):
+            raise JobRejected(
+                f"Backend {name!r} cannot run a hyperparameter search; use the opacus backend.",
+                [f"search: backend {name!r} does not support search"],
+            )
         return trainers[name]
 
     def plan(self, job: Job, trainer: Any) -> PrivacyPlan:

@@ -84,6 +84,8 @@ class OpacusTrainer:
 
     name = "opacus"
     isolated = True
+    #: Runs a job's ``search`` block (private hyperparameter search, search.py).
+    supports_search = True
 
     @staticmethod
     def available() -> bool:
@@ -92,6 +94,24 @@ class OpacusTrainer:
     # ------------------------------------------------------------------ plan
 
     def plan(self, job: Job, ctx: TrainerContext) -> PrivacyPlan:
+        if job.search:
+            from . import search
+
+            base = self._plan(job, ctx)
+
+            def plan_config(cfg_job: Job, fit_fraction: float) -> PrivacyPlan:
+                return self._plan(cfg_job, ctx, fit_fraction=fit_fraction, check_epsilon=False)
+
+            return search.plan_search(job, ctx, base, plan_config)
+        return self._plan(job, ctx)
+
+    def _plan(
+        self, job: Job, ctx: TrainerContext, *, fit_fraction: float = 1.0, check_epsilon: bool = True
+    ) -> PrivacyPlan:
+        """The plan of one DP-SGD run. `fit_fraction`: the share of the training rows it
+        trains on (a search's candidates keep the rest for validation); `check_epsilon`
+        False prices the run with the job's σ without refusing it (a search prices the
+        whole search instead)."""
         from . import privacy
 
         info = ctx.dataset(job)  # description only; no data is read
@@ -111,7 +131,7 @@ class OpacusTrainer:
         except ValueError as exc:
             raise JobRejected(f"The job's model cannot be built: {exc}.", [f"model: {exc}"]) from None
 
-        n = info.n_train
+        n = info.n_train if fit_fraction >= 1 else int(info.n_train * fit_fraction)
         if n < 1:
             raise JobRejected(f"Dataset {info.name!r} has no training rows.")
         if not dp.delta < 1 / n:
@@ -152,7 +172,7 @@ class OpacusTrainer:
                 sigma = float(dp.noise_multiplier)
                 eps, accountant, eps_error = self._epsilon_for(accountant, sigma, q, steps, dp.delta, details)
                 details["calibrated"] = False
-                if eps > dp.epsilon:
+                if eps > dp.epsilon and check_epsilon:
                     raise JobRejected(
                         f"The job's noise multiplier σ = {sigma:g} gives ε = {eps:.4g} "
                         f"({accountant} accountant, δ = {dp.delta:g}, q = {q:.4g}, {steps} steps), "
@@ -232,6 +252,22 @@ class OpacusTrainer:
         base_dir = ctx.options.get("home") or "."
         X_train, y_train, X_test, y_test = datasets.load(info, base_dir)
         arrays = {"X_train": X_train, "y_train": y_train, "X_test": X_test, "y_test": y_test}
+        if plan.details.get("search"):
+            from . import search
+
+            def train_candidate(cand_job: dict[str, Any], cand_plan: dict[str, Any], fit: Any, seed: int) -> Any:
+                return train_arrays(
+                    cand_job, cand_plan, fit, threads=ctx.torch_threads, progress=None,
+                    grad_sample_mode=cand_plan["details"].get("grad_sample_mode"),
+                    secure_mode=ctx.secure_mode, noise_seed=seed,
+                )
+
+            result = search.run_search(
+                job, plan, arrays, noise_seed=ctx.options.get("noise_seed"),
+                train_candidate=train_candidate, progress=progress,
+            )
+            result["provenance"]["backend"] = "opacus"
+            return TrainResult(**result)
         result = train_arrays(
             job.to_dict(),
             plan.to_dict(),
