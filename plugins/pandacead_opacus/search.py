@@ -98,8 +98,9 @@ def score_sigma(train_curve: dict[float, float]) -> float:
 
 
 def _train_curve(schedules: list[dict[str, Any]], sigma: float) -> dict[float, float]:
-    from .privacy import RDP_ORDERS
     from opacus.accountants.analysis.rdp import compute_rdp
+
+    from .privacy import RDP_ORDERS
 
     worst = {float(a): 0.0 for a in RDP_ORDERS}
     for s in schedules:
