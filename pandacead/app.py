@@ -60,8 +60,18 @@ def describe_datasets(settings: Settings) -> tuple[dict[str, DatasetInfo], dict[
     return infos, errors
 
 
-def build_context(settings: Settings) -> TrainerContext:
+def build_context(settings: Settings, key: bytes | None = None) -> TrainerContext:
+    """The trainer context; `key` is the host secret (default: the noise key, if readable)
+    from which each dataset's public commitment and held-out split seed are derived."""
+    from pandacead import datasets
+
     infos, errors = describe_datasets(settings)
+    if key is None:
+        try:
+            key = load_noise_key(settings)
+        except Exception:  # a tool without access to the secret: random ids, OS-entropy split
+            key = b""
+    infos = {name: datasets.keyed(info, key) for name, info in infos.items()}
     t = settings.trainer
     return TrainerContext(
         datasets=infos,
@@ -71,7 +81,8 @@ def build_context(settings: Settings) -> TrainerContext:
         grad_sample_mode=str(t.get("grad_sample_mode", "auto")),
         secure_mode=bool(t.get("secure_mode", False)),
         max_steps=int(t.get("max_steps", 200_000)),
-        options={"home": str(settings.home), "dataset_errors": errors, **(t.get("options") or {})},
+        options={"home": str(settings.home), "dataset_errors": errors,
+                 "timeout_seconds": float(t.get("timeout_seconds", 900)), **(t.get("options") or {})},
     )
 
 
@@ -131,11 +142,11 @@ class App:
         self.public_keys = trusted_keys(settings)
         if self.signer is not None:
             self.public_keys[self.signer.keyid] = self.signer.key.public_key()
-        self.ctx = build_context(settings) if with_datasets else None
+        self.ctx = build_context(settings, self.noise_key or None) if with_datasets else None
 
     def reload(self, settings: Settings) -> None:
         self.settings = settings
-        self.ctx = build_context(settings)
+        self.ctx = build_context(settings, self.noise_key or None)
 
 
 def ensure_home(settings: Settings) -> list[str]:

@@ -20,6 +20,11 @@ from pandacead.jobs import ID_PATTERN, Job
 from pandacead.schemas import load_schema
 from pandacead.signing import statement, verify_envelope
 
+#: The neighbouring relation every ε on this host certifies (docs/privacy.md): datasets
+#: differing by one added or removed row. Under it the exact row count is private, so
+#: plans use a public count and artifacts carry that count (or null), never the true one.
+NEIGHBOURING = "add_remove"
+
 ERROR_SUFFIX = ".error.json"
 ENVELOPE_SUFFIX = ".dsse.json"
 
@@ -38,8 +43,11 @@ def artifact_hash(artifact: dict[str, Any]) -> str:
 
 
 def build_artifact(
-    job: Job, backend: str, result: Any, plan: Any, created_at: str | None = None
+    job: Job, backend: str, result: Any, plan: Any, created_at: str | None = None,
+    n_source: str | None = None,
 ) -> dict[str, Any]:
+    """The artifact of a trained job. `result` must already be the released view
+    (`Pipeline.released`): DP or public fields only, see docs/privacy.md."""
     params = {
         "epochs": job.epochs,
         "batch_size": job.batch_size,
@@ -57,8 +65,10 @@ def build_artifact(
         "accuracy": result.accuracy,
         "metrics": result.metrics,
         "n": result.n,
+        "n_source": n_source if result.n is not None else None,
         "dp": {
             "enabled": True,
+            "neighbouring": NEIGHBOURING,
             "epsilon": job.dp.epsilon,
             "delta": result.delta,
             "clip": job.dp.clip,
@@ -85,6 +95,7 @@ def provenance(job: Job, backend: str, result: Any, plan: Any, started: str, fin
         "versions": {**versions, **result.provenance.get("versions", {})},
         "dataset": {"name": job.dataset, **{k: v for k, v in result.provenance.items() if k != "versions"}},
         "privacy": {
+            "neighbouring": NEIGHBOURING,
             "epsilon_spent": result.epsilon,
             "delta": result.delta,
             "epsilon_planned": plan.epsilon,

@@ -40,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "approx_delta_share": 0.1,
     },
     "trainer": {
-        "default_backend": "auto",  # "auto": opacus when installed, else mock
+        "default_backend": "auto",  # "auto": opacus when installed, else jobs are refused (never mock)
         "timeout_seconds": 900.0,
         "memory_limit_mb": 4096,
         "torch_threads": 1,
@@ -83,7 +83,7 @@ default_delta = 1e-3
 composition = "basic"   # "basic": ε and δ add up; "rdp": Rényi filter (docs/accounting.md)
 
 [trainer]
-default_backend = "auto"   # "auto": opacus when installed, else mock
+default_backend = "auto"   # "auto": opacus when installed, else refused (never mock)
 timeout_seconds = 900
 memory_limit_mb = 4096
 torch_threads = 1

@@ -6,10 +6,25 @@ Two calls, deliberately separate:
   a `DatasetInfo` — row/feature/class counts and a content digest. Trainers plan
   a job's privacy cost from this description alone, before any data is loaded
   for training.
+* `keyed(info, key)` adds what needs the host secret: the dataset's public
+  identity `commitment` = HMAC-SHA256(host key, name, digest) — an opaque
+  version id; the plain digest is an exact oracle for guessed rows and never
+  leaves the host — and the held-out split's seed, HMAC(host key, name),
+  which does not depend on the data (a split seeded by the data would move
+  when one row changes, and a buyer could rebuild it per hypothesis).
 * `load(info, base_dir)` returns the arrays, split into a training part and a
-  held-out part. The split is seeded from the dataset digest, so every job on
-  the same data sees the same held-out rows. The digest is checked again:
-  data that changed since it was described fails the job.
+  held-out part by that secret seed, so every job on the same data sees the
+  same held-out rows. The digest is checked again: data that changed since it
+  was described fails the job.
+
+Privacy declarations (keys of ``[datasets.<name>]``, docs/privacy.md):
+``public = true`` declares the data public (non-private trainers may use it,
+its true row count and exact held-out metrics may be released); the
+synthetic generator is always public. ``rows = <int>`` is the earner's
+*public* row count of a private dataset: DP-SGD's sample rate, steps, noise
+and normalisation are computed from it, never from the true count, which is
+private under add/remove neighbours. A private dataset without ``rows`` can
+only be used by trainers that need no count.
 
 Kinds of dataset (a spec is one ``[datasets.<name>]`` table of the config):
 
@@ -35,6 +50,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -52,6 +68,7 @@ __all__ = [
     "MAX_CLASSES",
     "builtin_specs",
     "describe",
+    "keyed",
     "load",
     "split_indices",
     "split_seed",
@@ -117,6 +134,22 @@ def _int_field(name: str, spec: dict[str, Any], key: str, default: int, lo: int,
     v = spec.get(key, default)
     if isinstance(v, bool) or not isinstance(v, int) or not (lo <= v <= hi):
         raise _err(name, f"{key} must be an integer in [{lo}, {hi}], not {v!r}.")
+    return int(v)
+
+
+def _public(name: str, spec: dict[str, Any], default: bool) -> bool:
+    v = spec.get("public", default)
+    if not isinstance(v, bool):
+        raise _err(name, f"public must be true or false, not {v!r}.")
+    return v
+
+
+def _declared_rows(name: str, spec: dict[str, Any]) -> int | None:
+    v = spec.get("rows")
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not (2 <= v <= 10**12):
+        raise _err(name, f"rows (the public row count) must be an integer of at least 2, not {v!r}.")
     return int(v)
 
 
@@ -441,6 +474,8 @@ def describe(name: str, spec: dict[str, Any], base_dir: Path | str) -> DatasetIn
             digest=_synthetic_digest(source),
             source={**source, "classes": [0, 1]},
             holdout_fraction=fraction,
+            public=True,  # generated from a public spec: nothing in it is private
+            declared_rows=source["rows"],
         )
     if kind not in _FILE_KINDS:
         raise _err(name, f"unknown kind {kind!r} (expected synthetic, csv, npz or parquet).")
@@ -479,6 +514,8 @@ def describe(name: str, spec: dict[str, Any], base_dir: Path | str) -> DatasetIn
         digest=_file_digest(data),
         source=source,
         holdout_fraction=fraction,
+        public=_public(name, spec, False),
+        declared_rows=_declared_rows(name, spec),
     )
     # Keyed by what was actually read (fstat of the open file).
     key = (name, kind, str(path.resolve()), fst.st_size, fst.st_mtime_ns, _canonical(spec))
@@ -486,19 +523,38 @@ def describe(name: str, spec: dict[str, Any], base_dir: Path | str) -> DatasetIn
     return info
 
 
-def split_seed(digest: str) -> int:
-    """The held-out split's seed: the first 64 bits of the dataset digest."""
-    hexpart = digest.split(":", 1)[-1]
-    try:
-        return int(hexpart[:16], 16)
-    except ValueError:
-        return int.from_bytes(hashlib.sha256(digest.encode()).digest()[:8], "big")
+def commitment(key: bytes, name: str, digest: str) -> str:
+    """The dataset's public identity: HMAC-SHA256(host key, name, digest), never the digest itself."""
+    mac = hmac.new(key, f"pandacead-dataset\0{name}\0{digest}".encode(), hashlib.sha256).hexdigest()
+    return f"hmac-sha256:{mac}"
 
 
-def split_indices(n_rows: int, holdout_fraction: float, digest: str) -> tuple[np.ndarray, np.ndarray]:
-    """(train_idx, test_idx), a permutation seeded by the digest; n_test = round(n·f)."""
+def split_seed(key: bytes, name: str) -> int:
+    """The held-out split's seed: HMAC(host key, dataset name) — secret, and independent of the data."""
+    mac = hmac.new(key, f"pandacead-split\0{name}".encode(), hashlib.sha256).digest()
+    return int.from_bytes(mac[:8], "big") >> 1
+
+
+def keyed(info: DatasetInfo, key: bytes) -> DatasetInfo:
+    """`info` with its commitment and split seed from the host secret `key`.
+
+    Without a key (a tool that cannot read the host secret) the commitment is
+    random and the split seed is None (OS entropy): secret, not reproducible.
+    """
+    import dataclasses
+    import secrets
+
+    if not key:
+        return dataclasses.replace(info, commitment=f"random:{secrets.token_hex(16)}", split_seed=None)
+    return dataclasses.replace(
+        info, commitment=commitment(key, info.name, info.digest), split_seed=split_seed(key, info.name)
+    )
+
+
+def split_indices(n_rows: int, holdout_fraction: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, test_idx), a permutation seeded by the secret `seed` (None: OS entropy); n_test = round(n·f)."""
     n_test = int(round(n_rows * holdout_fraction))
-    perm = np.random.default_rng(split_seed(digest)).permutation(n_rows)
+    perm = np.random.default_rng(seed).permutation(n_rows)
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
@@ -517,7 +573,7 @@ def load(
         if digest != info.digest:
             raise JobFailed(
                 f"Dataset {name!r}: the generator spec does not match its digest.",
-                [f"digest: expected {info.digest}, spec gives {digest}"],
+                ["digest: the generator spec differs from the registered one"],
             )
         X, y = synthetic_arrays(src["rows"], src["features"], src["seed"])
     elif kind in _FILE_KINDS:
@@ -531,7 +587,7 @@ def load(
             raise JobFailed(
                 f"Dataset {name!r} changed since it was registered (its digest differs); "
                 "restart or reload the daemon to describe it again.",
-                [f"digest: expected {info.digest}, file has {digest}"],
+                ["digest: the file's content differs from the registered one"],
             )
         spec = {"label": src.get("label"), "features": src.get("features")}
         if kind == "npz":
@@ -554,7 +610,10 @@ def load(
         y = np.asarray(y, dtype=np.int64)
     else:
         y = np.asarray(y, dtype=np.float32)
-    train_idx, test_idx = split_indices(info.n_rows, info.holdout_fraction, info.digest)
+    seed = info.split_seed
+    if seed is None and info.public:  # public data: a digest-seeded split reveals nothing
+        seed = int.from_bytes(hashlib.sha256(info.digest.encode()).digest()[:8], "big") >> 1
+    train_idx, test_idx = split_indices(info.n_rows, info.holdout_fraction, seed)
     if len(train_idx) != info.n_train:  # pragma: no cover - same formula as DatasetInfo
         raise JobFailed(f"Dataset {name!r}: split size {len(train_idx)} != n_train {info.n_train}.")
     return (

@@ -2,7 +2,10 @@
 
 It exercises the whole daemon path (budget, artifact, signing) and plays the
 role httpx's MockTransport plays in tests. Its model is a plain numpy
-logistic/linear regression: useful for plumbing, NOT differentially private.
+logistic/linear regression: useful for plumbing, NOT differentially private
+(`private = False`), so it only ever runs on data the earner declared public
+(the built-in `synthetic`): the pipeline refuses it on private data before
+planning, and its own `plan` refuses again.
 """
 
 from __future__ import annotations
@@ -15,15 +18,24 @@ from typing import Any
 from pandacead.errors import JobRejected
 from pandacead.hookspecs import hookimpl
 from pandacead.jobs import Job
-from pandacead.trainers import PrivacyPlan, Progress, TrainerContext, TrainResult
+from pandacead.trainers import (
+    DATA_LOADED,
+    PrivacyPlan,
+    Progress,
+    TrainerContext,
+    TrainResult,
+    may_train_on,
+)
 
 
 class MockTrainer:
     name = "mock"
     isolated = False
+    private = False
 
     def plan(self, job: Job, ctx: TrainerContext) -> PrivacyPlan:
         info = ctx.dataset(job)
+        may_train_on(self, info, job.job_id)
         n = info.n_train
         if job.dp.delta >= 1.0 / n:
             raise JobRejected(
@@ -47,7 +59,9 @@ class MockTrainer:
         from pandacead import datasets
 
         info = ctx.dataset(job)
+        may_train_on(self, info, job.job_id)
         base = ctx.options.get("home", ".")
+        progress(dict(DATA_LOADED))
         X, y, Xt, yt = datasets.load(info, base)
         rng = np.random.default_rng(job.seed)
         d = X.shape[1]
@@ -107,7 +121,7 @@ class MockTrainer:
             accuracy=accuracy,
             metrics=metrics,
             training_params={"architecture": arch, "mechanism": "mock (not private)"},
-            provenance={"dataset_digest": info.digest, "versions": {"numpy": np.__version__}},
+            provenance={"dataset_version": info.commitment, "versions": {"numpy": np.__version__}},
         )
 
 

@@ -1,4 +1,9 @@
-"""Built-in trainer selection: MOCK_DP=1 forces mock, else the job's backend, else the config default."""
+"""Built-in trainer selection: MOCK_DP=1 forces mock, else the job's backend, else the config default.
+
+Whatever is selected, the pipeline refuses a non-private trainer (mock) on
+private data before planning (`Pipeline.select`); `auto` only ever picks a
+differentially private trainer and never falls back to mock.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,13 @@ from pandacead.errors import JobRejected
 from pandacead.hookspecs import hookimpl
 
 
-def default_backend(trainers: Mapping[str, Any], config: Any) -> str:
+def default_backend(trainers: Mapping[str, Any], config: Any) -> str | None:
+    """The configured default; for "auto" opacus when installed, else None (never mock)."""
     wanted = "auto"
     if config is not None:
         wanted = config.trainer.get("default_backend", "auto")
     if wanted == "auto":
-        return "opacus" if "opacus" in trainers else "mock"
+        return "opacus" if "opacus" in trainers else None
     return str(wanted)
 
 
@@ -27,6 +33,12 @@ def pandacead_select_trainer(job: Any, trainers: Mapping[str, Any], config: Any)
         name = job.backend
     else:
         name = default_backend(trainers, config)
+        if name is None:
+            raise JobRejected(
+                "No differentially private training backend is installed on this host"
+                ' (default_backend = "auto" needs opacus), so the job cannot run.',
+                ["backend: auto found no DP trainer; it never falls back to mock"],
+            )
     if name not in trainers:
         known = ", ".join(sorted(trainers)) or "none"
         raise JobRejected(

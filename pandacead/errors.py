@@ -26,6 +26,16 @@ class JobFailed(JobError):
     status = "failed"
 
 
+class Diverged(JobFailed):
+    """Training stopped because the DP model became non-finite.
+
+    Decided on the model alone (post-processing of DP outputs), so saying so is
+    covered by the job's ε; the job is charged like any that read the data.
+    """
+
+    kind = "diverged"
+
+
 class ConfigError(Exception):
     """The configuration or home directory is unusable."""
 

@@ -243,12 +243,21 @@ def _search_violations(search: Any) -> list[str]:
     return out
 
 
+PRICE_MISSING = "dp.epsilon: 'dp.epsilon' is required (the most ε the job pays; no default is charged)"
+PRICE_SCHEMA_MESSAGES = ("(job): 'dp' is a required property", "dp: 'epsilon' is a required property")
+
+
 def validate(raw: Any, *, default_user: str | None = None) -> Job:
     """Turn parsed JSON into a `Job`, or raise JobRejected listing every violation."""
     if isinstance(raw, dict) and "user_id" not in raw and default_user is not None:
         raw = {**raw, "user_id": default_user}
     violations = schema_violations(raw)
     if isinstance(raw, dict):
+        dp_in = raw.get("dp")
+        if not isinstance(dp_in, dict) or "epsilon" not in dp_in:
+            # The price is always explicit: no default ε is ever charged.
+            violations = [v for v in violations if v not in PRICE_SCHEMA_MESSAGES]
+            violations.insert(0, PRICE_MISSING)
         if "user_id" not in raw:
             violations.append("user_id: 'user_id' is a required property (whose budget pays)")
         dp = raw.get("dp")
@@ -283,7 +292,7 @@ def validate(raw: Any, *, default_user: str | None = None) -> Job:
     model_raw = raw.get("model", {})
     dp = DPParams(
         enabled=True,
-        epsilon=float(dp_raw.get("epsilon", 1.0)),
+        epsilon=float(dp_raw["epsilon"]),
         delta=float(dp_raw.get("delta", 1e-5)),
         clip=float(dp_raw.get("clip", 1.0)),
         noise_multiplier=(

@@ -566,6 +566,32 @@ class Ledger:
         )
         return True
 
+    def _charge_reserved(self, job_id: str, reason: str, owner: str | None) -> bool:
+        """Commit a failed job's whole reservation (its trainer read the data); inside a transaction."""
+        conn = self.conn
+        row = self.spend(job_id)
+        if row is None or row["state"] != "reserved" or (owner is not None and row["owner"] != owner):
+            return False
+        uid = row["user_id"]
+        before = self._user_row(uid)
+        eps, delta = row["epsilon_reserved"], row["delta_reserved"]
+        ts = now()
+        conn.execute(
+            "UPDATE users SET epsilon_reserved = epsilon_reserved - ?, delta_reserved = delta_reserved - ?,"
+            " epsilon_spent = epsilon_spent + ?, delta_spent = delta_spent + ?, updated_at = ? WHERE user_id = ?",
+            (eps, delta, eps, delta, ts, uid),
+        )
+        _zero_dust(conn, uid)
+        conn.execute(
+            "UPDATE spends SET state = 'committed', epsilon = ?, delta = ?, settled_at = ?, note = ? WHERE job_id = ?",
+            (eps, delta, ts, f"failed after reading the data: {reason}"[:500], job_id),
+        )
+        self._audit(
+            "committed", uid, job_id, _budget_fields(before), _budget_fields(self._user_row(uid)),
+            {"epsilon": eps, "delta": delta, "failed": True},
+        )
+        return True
+
     def set_budget(self, user_id: str, epsilon: float, delta: float | None = None) -> Budget:
         _check_amount("ε", epsilon)
         if delta is not None:
@@ -599,8 +625,12 @@ class Ledger:
     def settle_failure(
         self, job_id: str, user_id: str | None, status: str, error: str, details: list[str],
         *, owner: str, file: str, backend: str | None = None, row_id: int | None = None,
+        charge: bool = False,
     ) -> tuple[int, str]:
         """One transaction: release this file's reservation (if any) and record the job's end.
+
+        With `charge` (the trainer read private data) the reservation is committed
+        at its reserved (ε, δ) instead of released: what touched data is paid for.
 
         Returns the job row's id and the name its error report takes in outbox/
         (without `.error.json`): `<job_id>`, or `<job_id>~N` when an earlier file
@@ -608,7 +638,10 @@ class Ledger:
         one job_id) — a report never overwrites another file's outcome.
         """
         with self.transaction() as conn:
-            self._release(job_id, error, owner)
+            if charge:
+                self._charge_reserved(job_id, error, owner)
+            else:
+                self._release(job_id, error, owner)
             ts = now()
             det = json.dumps(details)
             report = None

@@ -14,6 +14,17 @@ ledger locked for minutes) raises `Deferred`: the file stays in the spool with
 whatever the ledger already says about it (a reservation stays a reservation)
 and the daemon tries it again later. Once an artifact is in the outbox its
 reservation is only ever committed, never released.
+
+Privacy boundary (docs/privacy.md): a non-private trainer is refused on private
+data before planning (`select`); a job that cannot fit is refused before the
+trainer plans it (`precheck`); once a trainer announces that it reads private
+data (the progress event ``{"stage": "data_loaded"}``, recorded in the job's
+ledger row) the job is charged whatever happens next — success, a failure,
+divergence, a timeout or a worker crash — and its error report is one fixed
+sentence without data-dependent values (`_fail`); only host problems
+(`Deferred`) and a hand-back at shutdown leave the reservation as it is. What
+is published passes through `released`: for private data no exact metric,
+no true row count, no timing and no plain digest.
 """
 
 from __future__ import annotations
@@ -21,8 +32,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import hashlib
-import hmac
 import json
 import logging
 import math
@@ -50,14 +59,21 @@ from pandacead.artifacts import (
     utcnow,
     verify_artifact,
 )
-from pandacead.errors import HandedBack, JobError, JobFailed, JobRejected
+from pandacead.errors import Diverged, HandedBack, JobError, JobFailed, JobRejected
 from pandacead.jobs import Job, job_id_hint, parse_job, parse_json
 from pandacead.ledger import SLACK, Ledger
 from pandacead.signing import envelope, envelope_payload, statement
 from pandacead.spool import Oversized, SpecialFile, original_name, read_job_file
-from pandacead.trainers import PrivacyPlan, TrainerContext, TrainResult
+from pandacead.trainers import PrivacyPlan, TrainerContext, TrainResult, may_train_on, noise_seed
 
 log = logging.getLogger("pandacead.job")
+
+#: A calibrated plan costs at least this share of the requested ε (see `Pipeline.precheck`).
+PRECHECK_SHARE = 0.9
+#: Metric keys a private dataset's artifact may carry: post-processing of DP outputs only.
+DP_METRICS = ("diverged",)
+#: Provenance keys released for private data (library versions, the opaque dataset id).
+RELEASED_PROVENANCE = ("versions", "backend", "dataset", "dataset_version", "noise_source")
 
 
 class Deferred(OSError):
@@ -131,8 +147,7 @@ class Pipeline:
         """
         if not self.noise_key:
             return self.ctx
-        mac = hmac.new(self.noise_key, f"{job.job_id}\0{job.seed}".encode(), hashlib.sha256).digest()
-        seed = int.from_bytes(mac[:8], "big") >> 1
+        seed = noise_seed(self.noise_key, job.job_id, job.seed)
         return dataclasses.replace(self.ctx, options={**self.ctx.options, "noise_seed": seed})
 
     def _trainer_call(self, trainer: Any, op: str, job: Job, plan: PrivacyPlan | None, progress: Any) -> Any:
@@ -216,12 +231,40 @@ class Pipeline:
             raise JobRejected(f"Choosing a backend failed: {exc}.", [f"backend: {exc}"]) from None
         if name not in trainers:
             raise JobRejected(f"Backend {name!r} is not available on this host.", [f"backend: {name!r}"])
-        if job.search and not getattr(trainers[name], "supports_search", False):
+        trainer = trainers[name]
+        if job.search and not getattr(trainer, "supports_search", False):
             raise JobRejected(
                 f"Backend {name!r} cannot run a hyperparameter search; use the opacus backend.",
                 [f"search: backend {name!r} does not support search"],
             )
-        return trainers[name]
+        # Whatever chose it (the job, the config default, MOCK_DP, a selection plugin):
+        # a trainer whose outputs are not DP never touches data not declared public.
+        may_train_on(trainer, self.ctx.datasets.get(job.dataset), job.job_id)
+        return trainer
+
+    def precheck(self, job: Job) -> None:
+        """"No free work": refuse what cannot fit before the trainer plans (calibration costs seconds).
+
+        The requested ε against what the paying account can still spend, for jobs
+        whose σ is calibrated to that ε (their plan costs at least PRECHECK_SHARE of
+        it: calibration tolerances are below 5 %); under RDP composition, or with a
+        job's own σ, the ledger's admission alone decides. The message states the
+        job's own request only, never the account's numbers. The run-time estimate is the trainer's
+        (`plan` refuses before calibrating; see pandacead_opacus.trainer.check_runtime).
+        """
+        led = self.ledger()
+        if getattr(led, "composition", "basic") != "basic" or job.dp.noise_multiplier is not None:
+            return
+        try:
+            remaining = led.budget(job.user_id).epsilon_remaining
+        except Exception:
+            return  # the reservation's own admission check decides (and fails closed)
+        if job.dp.epsilon * PRECHECK_SHARE > remaining * (1 + SLACK) + 1e-12:
+            raise JobRejected(
+                f"Job {job.job_id} asks for ε={job.dp.epsilon:g}, more than account {job.user_id} can still spend;"
+                " nothing was run or charged.",
+                ["budget: the requested ε does not fit the paying account's remaining budget"],
+            )
 
     def plan(self, job: Job, trainer: Any) -> PrivacyPlan:
         plan = self._trainer_call(trainer, "plan", job, None, None)
@@ -256,9 +299,22 @@ class Pipeline:
         # (docs/benchmarks.md: a mock job made 3 commits before its artifact, now 1).
         last = [time.monotonic()]
         self._local.final_progress = None
+        self._local.touched = False
+        self._local.touched_job = job.job_id
+        private_data = not self._dataset_public(job)
 
         def progress(p: dict[str, Any]) -> None:
             extra = {"job_id": job.job_id, "user_id": job.user_id}
+            if (p.get("stage") == "data_loaded" or p.get("epoch") is not None) and not self._local.touched:
+                # From here on the job is charged whatever happens (docs/privacy.md). Durable for
+                # private data: a job row with progress is one whose trainer read the data.
+                self._local.touched = True
+                log.info("job %s: the trainer reads the data", job.job_id, extra=extra)
+                if private_data:
+                    with contextlib.suppress(Exception):
+                        led.job_progress(row_id, {"stage": "data_loaded", "at": utcnow()})
+                if p.get("epoch") is None:
+                    return
             if p.get("epoch") is None:
                 log.info("job %s: %s", job.job_id, p.get("stage") or p.get("message") or p, extra=extra)
                 return
@@ -275,7 +331,14 @@ class Pipeline:
                 with contextlib.suppress(Exception):
                     led.job_progress(row_id, p)
 
-        result = self._trainer_call(trainer, "train", job, plan, progress)
+        try:
+            result = self._trainer_call(trainer, "train", job, plan, progress)
+        except JobError as exc:
+            if getattr(exc, "worker_lost", False) and private_data:
+                # The worker died or timed out inside `train`: whether it had read the
+                # data is unknown, so it counts as read (fail closed).
+                self._local.touched = True
+            raise
         if not (isinstance(result.epsilon, (int, float)) and math.isfinite(result.epsilon) and result.epsilon > 0):
             raise JobFailed(f"Backend {trainer.name} reported an unusable ε ({result.epsilon!r}).")
         if result.epsilon > plan.epsilon * (1 + SLACK) or result.delta > plan.delta * (1 + SLACK):
@@ -293,6 +356,62 @@ class Pipeline:
             with contextlib.suppress(Exception):
                 self.ledger().job_progress(*final)
 
+    def _dataset_public(self, job: Job) -> bool:
+        info = self.ctx.datasets.get(job.dataset)
+        return info is not None and info.public
+
+    def _touched(self, job: Job | None, row_id: int | None) -> bool:
+        """Whether this job's trainer read private data (this attempt or, per its ledger row, an earlier one)."""
+        if job is None or row_id is None or self._dataset_public(job):
+            return False
+        if getattr(self._local, "touched", False) and getattr(self._local, "touched_job", None) == job.job_id:
+            return True
+        rows = self.ledger().query("SELECT progress FROM jobs WHERE id = ?", [row_id])
+        return bool(rows and rows[0].get("progress"))
+
+    def released(self, job: Job, result: TrainResult) -> tuple[TrainResult, str | None]:
+        """The view of `result` that may leave the host, and how its `n` is known (docs/privacy.md).
+
+        For data declared public everything is public (exact metrics, the true n).
+        For private data: no held-out metric (exact ones are not DP), `n` the
+        earner's declared public count or None, provenance reduced to library
+        versions and the dataset's opaque version id, no timings. Enforced here,
+        for every trainer, whatever it returned.
+        """
+        info = self.ctx.datasets.get(job.dataset)
+        if info is None:
+            raise JobFailed(f"Dataset {job.dataset!r} of job {job.job_id} is no longer offered.")
+        prov = {k: v for k, v in result.provenance.items() if k not in ("dataset_digest", "digest")}
+        prov["dataset_version"] = info.commitment
+        if info.public:
+            return dataclasses.replace(result, provenance=prov), "public"
+        metrics = {k: result.metrics[k] for k in DP_METRICS if isinstance(result.metrics.get(k), bool)}
+        prov = {k: v for k, v in prov.items() if k in RELEASED_PROVENANCE or k.endswith("_version")}
+        params = {k: v for k, v in result.training_params.items() if not _timing_key(k)}
+        n = info.public_n_train
+        return (
+            dataclasses.replace(result, accuracy=None, metrics=metrics, n=n, provenance=prov, training_params=params),
+            "declared" if n is not None else None,
+        )
+
+    def _check_no_digest(self, job: Job, *blobs: bytes) -> None:
+        """Fail closed if the plain dataset digest would leave the host in any released byte."""
+        info = self.ctx.datasets.get(job.dataset)
+        if info is None or info.public:
+            return
+        hexd = info.digest.split(":", 1)[-1].lower()
+        if len(hexd) < 32:
+            return
+        needles = [hexd.encode(), hexd.upper().encode()]
+        with contextlib.suppress(ValueError):
+            needles.append(bytes.fromhex(hexd))
+        for blob in blobs:
+            if any(n in blob for n in needles):
+                raise JobFailed(
+                    f"Job {job.job_id}'s output would have carried the plain digest of dataset"
+                    f" {job.dataset!r}; nothing was published.",
+                )
+
     def sign(self, stmt: dict[str, Any]) -> dict[str, Any]:
         payload = envelope_payload(stmt)
         try:
@@ -307,12 +426,14 @@ class Pipeline:
         self, job: Job, trainer: Any, plan: PrivacyPlan, result: TrainResult, started: str
     ) -> Path:
         outbox = self.settings.outbox
-        art = build_artifact(job, trainer.name, result, plan)
+        result, n_source = self.released(job, result)
+        art = build_artifact(job, trainer.name, result, plan, n_source=n_source)
         data = artifact_bytes(art)
         name = f"{job.job_id}.json"
         pred = provenance(job, trainer.name, result, plan, started, art["created_at"], self.versions)
         env = self.sign(statement(name, data, pred))
         env_bytes = (json.dumps(env, indent=2) + "\n").encode("utf-8")
+        self._check_no_digest(job, data, env_bytes, result.model)
         env_path = outbox / f"{job.job_id}{ENVELOPE_SUFFIX}"
         # The envelope goes first: whoever sees <job_id>.json finds its signature beside it.
         try:
@@ -411,6 +532,7 @@ class Pipeline:
             trainer = self.select(job)
             if prior is not None:
                 return self._resume(spooled, job, trainer, prior)
+            self.precheck(job)
             plan = self.plan(job, trainer)
             faults.point("planned")
             self.check_budget(job, plan)
@@ -438,7 +560,8 @@ class Pipeline:
             ) from None
         except Exception as exc:  # an unexpected bug still ends the job cleanly, fail closed
             log.exception("job %s: internal error", outcome_name)
-            err = JobFailed(f"Internal error while processing the job: {type(exc).__name__}: {exc}.")
+            # The exception's text may quote anything (data included): the admin's log has it.
+            err = JobFailed(f"Internal error while processing job {outcome_name} ({type(exc).__name__}).")
             return self._fail(spooled, job, outcome_name, err, trainer, row_id)
 
     def _train_and_publish(
@@ -545,10 +668,26 @@ class Pipeline:
                 # This file's job is published and charged; what failed came after (clean-up).
                 # Never report a charged job as failed: its file is settled on a retry.
                 raise Deferred(f"Job {job_id} succeeded but could not be cleaned up: {exc.message}")
+        charge = self._touched(job, row_id)
+        if charge:
+            # The trainer read private data: the job is charged, and what the buyer reads is
+            # one sentence that depends on nothing but the job (a divergence is reported as
+            # such: it is decided on the DP model alone). The admin's log keeps the detail.
+            log.warning("job %s failed after reading the data (charged): %s %s", job_id, exc.message,
+                        " | ".join(exc.details)[:4000], extra=extra)
+            spend = led.spend(job_id)
+            eps = f"ε={spend['epsilon_reserved']:.6g}" if spend else "its reservation"
+            if isinstance(exc, Diverged):
+                exc.message = (f"Job {job_id} diverged (its DP model became non-finite) and was stopped;"
+                               f" it read the data, so {eps} is charged.")
+            else:
+                exc.message = f"Job {job_id} failed after its training read the data; {eps} is charged."
+            exc.status = "failed"
+            exc.details = ["charged: the trainer had read the data"]
         try:
             _, report = led.settle_failure(
                 job_id, user_id, exc.status, exc.message, exc.details, owner=spooled.name, file=spooled.name,
-                backend=backend, row_id=row_id,
+                backend=backend, row_id=row_id, charge=charge,
             )
         except sqlite3.OperationalError as err:
             raise Deferred(
@@ -570,6 +709,11 @@ class Pipeline:
             self.plugins.hook.pandacead_job_finished(job=job, outcome=outcome.to_dict())
         except Exception as exc:
             log.error("a pandacead_job_finished hook failed: %s", exc)
+
+
+def _timing_key(key: str) -> bool:
+    """Training parameters that are measurements of the run (data-dependent), not settings."""
+    return "seconds" in key or "timing" in key or key.endswith("_s")
 
 
 def _encodable(text: str) -> str:

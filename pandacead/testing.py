@@ -21,8 +21,21 @@ It checks, in order:
    sane fields (n ≥ 1, accuracy None or in [0, 1], JSON-serialisable
    metrics/params/provenance, progress events that are JSON objects with
    ε ≤ plan ε) and a model that loads as safetensors with finite tensors;
-5. determinism: a second `train` with the same job gives identical model
-   bytes (skipped when the context is in `secure_mode`).
+5. determinism: a second `train` with the same job and the same secret noise
+   seed gives identical model bytes (skipped when the context is in `secure_mode`);
+6. privacy declarations (invariants 7–9 of the design):
+   - `private` is a bool; a trainer that declares `private = True` sends the
+     progress event ``{"stage": "data_loaded"}`` before it reads data;
+   - secret noise: two jobs with the same `seed` and different `job_id`s
+     (hence different `ctx.options["noise_seed"]`) give different models, and
+     one job trained under two noise seeds gives different models — a private
+     trainer adds noise at all, and draws it from the secret seed, never from
+     `job.seed`;
+   - a non-private trainer is never offered private data: the pipeline's gate
+     (`pandacead.trainers.may_train_on`) refuses it on a private dataset.
+
+Contexts get their per-job noise seed as the pipeline gives it
+(`with_noise_seed`: HMAC of a host key with the job id and seed).
 
 For pytest, subclass `TrainerContract` in a test module and provide the
 fixtures `trainer`, `job` and `ctx`: each check becomes its own test.
@@ -46,7 +59,19 @@ from typing import Any
 
 from pandacead.errors import JobRejected
 from pandacead.jobs import DPParams, Job
-from pandacead.trainers import PrivacyPlan, TrainerContext, TrainResult
+from pandacead.trainers import (
+    DATA_LOADED,
+    DatasetInfo,
+    PrivacyPlan,
+    TrainerContext,
+    TrainResult,
+    is_private,
+    may_train_on,
+    noise_seed,
+)
+
+#: The host key contract checks derive noise seeds from (a real host has a secret one).
+CONTRACT_NOISE_KEY = b"pandacead-contract-check-noise-key"
 
 __all__ = [
     "DataTouched",
@@ -54,6 +79,8 @@ __all__ = [
     "check_deterministic",
     "check_model",
     "check_plan",
+    "check_noise_is_secret",
+    "check_private_data_gate",
     "check_refusals",
     "check_train",
     "check_trainer",
@@ -61,6 +88,7 @@ __all__ = [
     "make_context",
     "make_job",
     "no_data_access",
+    "with_noise_seed",
 ]
 
 BACKEND_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -93,6 +121,11 @@ def make_context(
     infos = {name: ds.describe(name, specs[name], base) for name in names}
     options = {"home": str(base), **dict(fields.pop("options", {}) or {})}
     return TrainerContext(datasets=infos, state_dir=str(state_dir), options=options, **fields)
+
+
+def with_noise_seed(ctx: TrainerContext, job: Job, key: bytes = CONTRACT_NOISE_KEY) -> TrainerContext:
+    """`ctx` with the job's secret noise seed, derived exactly as the pipeline does."""
+    return dataclasses.replace(ctx, options={**ctx.options, "noise_seed": noise_seed(key, job.job_id, job.seed)})
 
 
 def impossible_jobs(job: Job) -> list[Job]:
@@ -268,7 +301,14 @@ def check_model(trainer: Any, model: bytes) -> dict[str, Any]:
 def check_train(trainer: Any, job: Job, plan: PrivacyPlan, ctx: TrainerContext) -> tuple[TrainResult, list[dict[str, Any]]]:
     """Train with a JSON round-tripped `plan`; check the result against it. Returns (result, progress events)."""
     events: list[Any] = []
-    result = trainer.train(job, _roundtrip(plan), ctx, events.append)
+    loads_before_announcement: list[int] = []
+    result = _train_watching_loads(trainer, job, plan, ctx, events, loads_before_announcement)
+    if is_private(trainer) and loads_before_announcement:
+        raise _fail(
+            trainer,
+            'train() read data before sending the progress event {"stage": "data_loaded"}: the daemon'
+            " could not know that the job must be charged whatever happens next",
+        )
     if not isinstance(result, TrainResult):
         raise _fail(trainer, f"train() returned {type(result).__name__}, not a TrainResult")
     if not _finite_positive(result.epsilon):
@@ -277,8 +317,11 @@ def check_train(trainer: Any, job: Job, plan: PrivacyPlan, ctx: TrainerContext) 
         raise _fail(trainer, f"train() spent ε={result.epsilon!r}, more than the planned ε={plan.epsilon!r}")
     if not (isinstance(result.delta, (int, float)) and 0 <= result.delta <= plan.delta):
         raise _fail(trainer, f"the result's δ={result.delta!r} is not within [0, planned δ={plan.delta!r}]")
-    if not isinstance(result.n, int) or isinstance(result.n, bool) or result.n < 1:
-        raise _fail(trainer, f"the result's n={result.n!r} is not a positive integer")
+    if result.n is not None and (not isinstance(result.n, int) or isinstance(result.n, bool) or result.n < 1):
+        raise _fail(trainer, f"the result's n={result.n!r} is neither None nor a positive integer")
+    info = ctx.datasets.get(job.dataset)
+    if info is not None and not info.public and result.n not in (None, info.public_n_train):
+        raise _fail(trainer, f"the result's n={result.n!r} is not the dataset's public count (the true n is private)")
     acc = result.accuracy
     if acc is not None and not (isinstance(acc, (int, float)) and 0.0 <= acc <= 1.0):
         raise _fail(trainer, f"the result's accuracy {acc!r} is neither None nor in [0, 1]")
@@ -301,8 +344,79 @@ def check_train(trainer: Any, job: Job, plan: PrivacyPlan, ctx: TrainerContext) 
     return result, events
 
 
+def _train_watching_loads(
+    trainer: Any, job: Job, plan: PrivacyPlan, ctx: TrainerContext, events: list[Any], early: list[int]
+) -> Any:
+    """Run `train`, noting in `early` every `datasets.load` call made before the data_loaded event."""
+    from pandacead import datasets as ds
+
+    original = ds.load
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        if not any(isinstance(e, dict) and e.get("stage") == DATA_LOADED["stage"] for e in events):
+            early.append(len(events))
+        return original(*args, **kwargs)
+
+    patched = []
+    for module in list(sys.modules.values()):
+        try:
+            namespace = vars(module)
+        except TypeError:
+            continue
+        for attr, value in list(namespace.items()):
+            if value is original:
+                patched.append((module, attr))
+    try:
+        for module, attr in patched:
+            setattr(module, attr, watched)
+        return trainer.train(job, _roundtrip(plan), ctx, events.append)
+    finally:
+        for module, attr in patched:
+            setattr(module, attr, original)
+
+
+def check_noise_is_secret(trainer: Any, job: Job, plan: PrivacyPlan, ctx: TrainerContext) -> None:
+    """A private trainer's noise comes from `ctx.options["noise_seed"]` (unique per job), not `job.seed`.
+
+    Same seed, different job_ids → different models (no two releases share
+    noise); one job under two noise seeds → different models (noise is added
+    at all, and drawn from the secret seed).
+    """
+    if not is_private(trainer) or ctx.secure_mode:
+        return
+    other = dataclasses.replace(job, job_id=f"{job.job_id}-other")
+    a = trainer.train(job, _roundtrip(plan), with_noise_seed(ctx, job), lambda event: None)
+    b = trainer.train(other, _roundtrip(plan), with_noise_seed(ctx, other), lambda event: None)
+    if a.model == b.model:
+        raise _fail(
+            trainer,
+            f"two jobs with the same seed {job.seed} and different job_ids gave the same model: its noise"
+            ' does not come from ctx.options["noise_seed"] (a buyer who knows the seed could subtract it)',
+        )
+    c = trainer.train(job, _roundtrip(plan), with_noise_seed(ctx, job, key=CONTRACT_NOISE_KEY + b"-2"), lambda e: None)
+    if a.model == c.model:
+        raise _fail(trainer, "the same job under two different noise seeds gave the same model: no noise is added")
+
+
+def check_private_data_gate(trainer: Any, ctx: TrainerContext) -> None:
+    """`private` is a bool, and a non-private trainer is never offered private data."""
+    declared = getattr(trainer, "private", None)
+    if not isinstance(declared, bool):
+        raise _fail(trainer, f"`private` is {declared!r}, not a bool (True only if every output is DP)")
+    probe = DatasetInfo(name="contract-private", task="classification", n_rows=100, n_features=2, n_classes=2,
+                        digest="sha256:" + "0" * 64, public=False, declared_rows=100)
+    try:
+        may_train_on(trainer, probe, "contract-check")
+    except JobRejected:
+        if declared:
+            raise _fail(trainer, "the pipeline's gate refused a private trainer on private data") from None
+        return
+    if not declared:
+        raise _fail(trainer, "a non-private trainer would be offered private data")
+
+
 def check_deterministic(trainer: Any, job: Job, plan: PrivacyPlan, ctx: TrainerContext, first: TrainResult) -> None:
-    """A second training run with the same job (same seed) must give identical model bytes."""
+    """A second training run with the same job (same seed, same secret noise seed) must give identical model bytes."""
     second = trainer.train(job, _roundtrip(plan), ctx, lambda event: None)
     if second.model != first.model:
         hint = ""
@@ -337,11 +451,15 @@ def check_trainer(
     `determinism=False` skips the same-seed check (it is skipped anyway in secure mode).
     """
     check_identity(trainer)
+    check_private_data_gate(trainer, ctx)
+    if "noise_seed" not in ctx.options:
+        ctx = with_noise_seed(ctx, job)
     plan = check_plan(trainer, job, ctx)
     check_refusals(trainer, ctx, impossible_jobs(job) if impossible is None else impossible)
     result, _events = check_train(trainer, job, plan, ctx)
     if determinism and not ctx.secure_mode:
         check_deterministic(trainer, job, plan, ctx, result)
+    check_noise_is_secret(trainer, job, plan, ctx)
 
 
 class TrainerContract:
@@ -353,6 +471,12 @@ class TrainerContract:
 
     def test_identity(self, trainer: Any) -> None:
         check_identity(trainer)
+
+    def test_private_data_gate(self, trainer: Any, ctx: TrainerContext) -> None:
+        check_private_data_gate(trainer, ctx)
+
+    def test_noise_comes_from_the_secret_seed(self, trainer: Any, job: Job, ctx: TrainerContext) -> None:
+        check_noise_is_secret(trainer, job, check_plan(trainer, job, ctx), ctx)
 
     def test_plan_reads_no_data_and_stays_within_the_request(self, trainer: Any, job: Job, ctx: TrainerContext) -> None:
         check_plan(trainer, job, ctx)
@@ -368,6 +492,7 @@ class TrainerContract:
             import pytest
 
             pytest.skip("secure_mode draws noise from the OS: not reproducible by design")
+        ctx = with_noise_seed(ctx, job) if "noise_seed" not in ctx.options else ctx
         plan = check_plan(trainer, job, ctx)
         first, _ = check_train(trainer, job, plan, ctx)
         check_deterministic(trainer, job, plan, ctx, first)

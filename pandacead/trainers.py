@@ -7,6 +7,12 @@ planned (ε, δ) in the ledger, then calls `train`. `train` must never spend
 more than `plan` promised: the daemon refuses a result whose ε exceeds the
 plan's and fails the job.
 
+A trainer declares `private = True` only if everything it returns is
+differentially private; any other trainer (mock) is never given private
+data. Before reading any data `train` sends the progress event
+``{"stage": "data_loaded"}`` (see `DATA_LOADED`): from then on the job is
+charged whatever happens.
+
 Trainers with `isolated = True` run both calls in a worker process
 (pandacead.worker), so they may import heavy libraries; the daemon itself
 never imports them. Everything crossing the process boundary is JSON.
@@ -15,6 +21,8 @@ never imports them. Everything crossing the process boundary is JSON.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +32,37 @@ from pandacead.errors import JobRejected
 from pandacead.jobs import Job
 
 Progress = Callable[[dict[str, Any]], None]
+
+#: The progress event a trainer sends just before it first reads training data.
+DATA_LOADED: dict[str, Any] = {"stage": "data_loaded"}
+
+
+def is_private(trainer: Any) -> bool:
+    """Whether a trainer declares all its outputs DP (missing attribute: not private)."""
+    return getattr(trainer, "private", False) is True
+
+
+def may_train_on(trainer: Any, info: DatasetInfo | None, job_id: str) -> None:
+    """JobRejected unless `trainer` may see the data of `info`: non-private trainers only public data."""
+    if is_private(trainer) or (info is not None and info.public):
+        return
+    name = getattr(trainer, "name", "?")
+    dataset = info.name if info is not None else "?"
+    raise JobRejected(
+        f"Job {job_id} asks for backend {name!r}, which is not differentially private, on dataset"
+        f" {dataset!r}, which is not declared public; only a DP backend may train on it.",
+        [f"backend: {name!r} is not private; dataset {dataset!r} is private or unknown"],
+    )
+
+
+def noise_seed(key: bytes, job_id: str, seed: int) -> int:
+    """The per-job secret seed of DP noise and sampling: HMAC(host noise key, job_id, seed).
+
+    Unique per job (job ids are never reused), reproducible on the host (crash
+    recovery retrains identically), unknown to the buyer who chose `seed`.
+    """
+    mac = hmac.new(key, f"{job_id}\0{seed}".encode(), hashlib.sha256).digest()
+    return int.from_bytes(mac[:8], "big") >> 1
 
 
 @dataclass(frozen=True)
@@ -38,10 +77,45 @@ class DatasetInfo:
     digest: str  # "sha256:<hex>" of the content (or of the generator spec for builtins)
     source: dict[str, Any] = field(default_factory=dict)  # {"kind": "synthetic"|"csv"|"npz"|"parquet", "path", "label", ...}
     holdout_fraction: float = 0.2
+    # Private unless the earner declares it public (`public = true` in [datasets.NAME]);
+    # the built-in synthetic generator is public. Non-private trainers never see private data.
+    public: bool = False
+    # The earner's public row count (`rows` in [datasets.NAME]), the only count that
+    # planning may use for private data: under add/remove neighbours the true n is private.
+    declared_rows: int | None = None
+    # What buyers see instead of `digest`: HMAC(host secret, digest), an opaque version id.
+    commitment: str | None = None
+    # Seed of the held-out split, from a host secret (never from the data); None: OS entropy.
+    split_seed: int | None = None
 
     @property
     def n_train(self) -> int:
+        """The true number of training rows (private for private data: never release it)."""
         return self.n_rows - int(round(self.n_rows * self.holdout_fraction))
+
+    @property
+    def public_rows(self) -> int | None:
+        """The row count that may shape a plan and be released: true n if public, else the declared one."""
+        return self.n_rows if self.public else self.declared_rows
+
+    @property
+    def public_n_train(self) -> int | None:
+        """Training rows by the public count (see `public_rows`), or None when none is declared."""
+        rows = self.public_rows
+        if rows is None:
+            return None
+        return rows - int(round(rows * self.holdout_fraction))
+
+    def require_public_n_train(self) -> int:
+        """`public_n_train`, or JobRejected telling the earner how to declare it."""
+        n = self.public_n_train
+        if n is None or n < 1:
+            raise JobRejected(
+                f"Dataset {self.name!r} is private and declares no public row count, which planning needs"
+                f" (sample rate, noise, δ < 1/n); the earner sets `rows = <count>` in [datasets.{self.name}].",
+                [f"datasets.{self.name}.rows: not declared"],
+            )
+        return n
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,9 +146,9 @@ class TrainerContext:
     def dataset(self, job: Job) -> DatasetInfo:
         info = self.datasets.get(job.dataset)
         if info is None:
-            known = ", ".join(sorted(self.datasets)) or "none"
+            # The list of datasets is for the admin CLI (`pandacead datasets list`), not for buyers.
             raise JobRejected(
-                f"Dataset {job.dataset!r} is not registered on this host (known: {known}).",
+                f"Dataset {job.dataset!r} is not offered on this host.",
                 [f"dataset: unknown dataset {job.dataset!r}"],
             )
         if info.task != job.task:
@@ -140,7 +214,7 @@ class TrainResult:
     model: bytes
     epsilon: float  # final ε from the accountant; must be <= plan.epsilon
     delta: float
-    n: int  # training rows
+    n: int | None  # training rows: the public count (see DatasetInfo.public_rows) or None, never a private n
     accuracy: float | None  # held-out accuracy (classification) else None
     metrics: dict[str, Any] = field(default_factory=dict)  # e.g. {"accuracy": .., "mse": .., "r2": ..}
     training_params: dict[str, Any] = field(default_factory=dict)  # architecture, σ, q, steps, ...
@@ -162,6 +236,9 @@ class TrainResult:
 class Trainer(Protocol):
     name: str
     isolated: bool
+    # True only for trainers whose every output is DP (noise from ctx.options["noise_seed"]);
+    # a trainer without the attribute counts as non-private and never sees private data.
+    private: bool
 
     def plan(self, job: Job, ctx: TrainerContext) -> PrivacyPlan: ...
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import queue
 import resource
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pandacead.errors import HandedBack, JobFailed, JobRejected
+from pandacead.errors import Diverged, HandedBack, JobFailed, JobRejected
 
 log = logging.getLogger("pandacead.worker")
 
@@ -92,14 +93,17 @@ def _serve(home: str) -> int:
                 raise ValueError(f"unknown op {op!r}")
             send({"type": "result", "value": value})
         except JobError as exc:
-            send({"type": "error", "status": exc.status, "message": exc.message, "details": exc.details})
+            send({"type": "error", "status": exc.status, "message": exc.message, "details": exc.details,
+                  "kind": getattr(exc, "kind", None)})
         except MemoryError:
             send({"type": "error", "status": "failed",
                   "message": f"The training ran out of memory (limit {limit} MB).", "details": []})
         except Exception as exc:
-            tb = traceback.format_exc().strip().splitlines()[-12:]
+            # The traceback and the exception's text may quote data: they go to the admin's
+            # log (stderr), the report gets the exception's type only.
+            log.error("the trainer failed:\n%s", traceback.format_exc())
             send({"type": "error", "status": "failed",
-                  "message": f"The trainer failed: {type(exc).__name__}: {exc}", "details": tb})
+                  "message": f"The trainer failed ({type(exc).__name__}).", "details": []})
     return 0
 
 
@@ -148,8 +152,8 @@ def _warm(plugins: Any, settings: Any, req: dict[str, Any]) -> dict[str, Any]:
 def _jsonable(obj: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in obj.items():
-        if isinstance(v, float) and v != v:
-            v = None
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None  # a diverging loss must never break the protocol
         out[k] = v
     return out
 
@@ -273,19 +277,25 @@ class WorkerProcess:
             self.kill()
             if self.stopping.is_set():
                 raise HandedBack() from None
-            raise JobFailed(f"The training did not finish within {timeout:g} s and was stopped.") from None
+            lost = JobFailed(f"The training did not finish within {timeout:g} s and was stopped.")
+            lost.worker_lost = True  # type: ignore[attr-defined]  # see Pipeline.train
+            raise lost from None
         except (EOFError, BrokenPipeError, OSError, ValueError):
             if self.stopping.is_set():
                 self.kill()
                 raise HandedBack() from None
             why = self._death()
             self.kill()
-            raise JobFailed(f"The training stopped because {why}.") from None
+            lost = JobFailed(f"The training stopped because {why}.")
+            lost.worker_lost = True  # type: ignore[attr-defined]
+            raise lost from None
         if msg.get("type") == "result":
             return msg.get("value")
         details = [str(d) for d in msg.get("details") or []]
         if msg.get("status") == "rejected":
             raise JobRejected(str(msg.get("message")), details)
+        if msg.get("kind") == "diverged":
+            raise Diverged(str(msg.get("message")), details)
         raise JobFailed(str(msg.get("message")), details)
 
 

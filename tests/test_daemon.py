@@ -206,7 +206,7 @@ def test_signing_key_readable_by_others_is_refused(home):
 
 def test_reports_never_overwrite_each_other(home):
     for i in range(3):
-        drop(home, f"dup{i}.json", {"job_id": "dup", "user_id": "alice", "epochs": "many"})
+        drop(home, f"dup{i}.json", {"job_id": "dup", "user_id": "alice", "dp": {"epsilon": 1.0}, "epochs": "many"})
     run_once(home)
     names = sorted(p.name for p in (home / "outbox").glob("dup*.error.json"))
     assert names == ["dup.error.json", "dup~1.error.json", "dup~2.error.json"]

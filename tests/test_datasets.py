@@ -68,14 +68,20 @@ def test_split_is_stable_and_partitions() -> None:
     b = datasets.load(DatasetInfo.from_dict(json.loads(json.dumps(info.to_dict()))), ".")
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
-    train, test = datasets.split_indices(info.n_rows, info.holdout_fraction, info.digest)
+    key = b"host-secret"
+    seed = datasets.split_seed(key, info.name)
+    train, test = datasets.split_indices(info.n_rows, info.holdout_fraction, seed)
     assert len(train) == info.n_train and len(test) == info.n_rows - info.n_train
     assert set(train).isdisjoint(test) and set(train) | set(test) == set(range(info.n_rows))
-    # The split depends on the digest (the data), not on the name.
-    renamed = datasets.describe("other", datasets.builtin_specs()["synthetic"], ".")
-    np.testing.assert_array_equal(datasets.load(renamed, ".")[2], a[2])
-    other_train, _ = datasets.split_indices(info.n_rows, 0.2, synthetic(seed=5).digest)
+    # Private data: the split's seed comes from the host secret and the name, never the data.
+    keyed = datasets.keyed(info, key)
+    assert keyed.split_seed == seed and datasets.keyed(synthetic(seed=5), key).split_seed == seed
+    assert datasets.split_seed(b"other-secret", info.name) != seed
+    other_train, _ = datasets.split_indices(info.n_rows, 0.2, datasets.split_seed(key, "other"))
     assert not np.array_equal(other_train, train)
+    # The public commitment names the version; it is not the digest and changes with it.
+    assert keyed.commitment.startswith("hmac-sha256:") and info.digest.split(":")[1] not in keyed.commitment
+    assert datasets.keyed(synthetic(seed=5), key).commitment != keyed.commitment
 
 
 def test_synthetic_spec_errors() -> None:

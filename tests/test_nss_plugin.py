@@ -48,7 +48,7 @@ def ctx(tmp_path) -> TrainerContext:
 def plan_only_ctx(tmp_path, **info_kw) -> TrainerContext:
     """A context whose dataset exists only as metadata: good for plan(), which must not read data."""
     fields = dict(name="meta", task="classification", n_rows=10_000, n_features=10, n_classes=2, digest="sha256:" + "0" * 64,
-                  source={"kind": "synthetic"})
+                  source={"kind": "synthetic"}, public=True)
     fields.update(info_kw)
     info = DatasetInfo(**fields)
     return TrainerContext(datasets={info.name: info}, state_dir=str(tmp_path))
@@ -133,7 +133,7 @@ def regression_ctx(tmp_path, rows: int = 2000, label_bound: float = 2.0) -> Trai
     y = X @ w + 0.3 + 0.05 * rng.standard_normal(rows)
     lines = ["a,b,c,d,e,y"] + [",".join(f"{v:.6f}" for v in (*x, t)) for x, t in zip(X, y)]
     (tmp_path / "reg.csv").write_text("\n".join(lines) + "\n")
-    spec = {"kind": "csv", "path": "reg.csv", "label": "y", "task": "regression"}
+    spec = {"kind": "csv", "path": "reg.csv", "label": "y", "task": "regression", "public": True}
     info = datasets.describe("reg", spec, tmp_path)
     assert info.task == "regression" and info.n_features == 5
     return TrainerContext(datasets={"reg": info}, state_dir=str(tmp_path),
@@ -257,7 +257,7 @@ def test_noise_multiplier_from_the_job(tmp_path):
         ({"dp": {"delta": 5e-3}}, {"n_rows": 500}, "below 1/n"),
         ({"dp": {"epsilon": 1e-4}}, {}, "too small"),
         ({"model": dataclasses.replace(make_job().model, type="mlp", hidden=(8,))}, {}, "linear"),
-        ({"dataset": "nope"}, {}, "not registered"),
+        ({"dataset": "nope"}, {}, "not offered"),
         ({"task": "regression"}, {}, "is for classification"),
     ],
 )
@@ -315,18 +315,25 @@ def test_model_is_described_safetensors(ctx):
     json.dumps(result.to_dict(), allow_nan=False)
 
 
-def test_seed_controls_the_noise(tmp_path):
+def test_noise_comes_from_the_secret_seed_never_from_job_seed(tmp_path):
+    """Channel 2 of issue 12: noise from `job.seed` let a buyer regenerate and subtract it."""
+    from pandacead.testing import with_noise_seed
+
     trainer = NSSTrainer()
     ctx = make_context(tmp_path, ["synthetic"])
-    a = trainer.train(nss_job(seed=1), trainer.plan(nss_job(seed=1), ctx), ctx, lambda e: None)
-    b = trainer.train(nss_job(seed=1), trainer.plan(nss_job(seed=1), ctx), ctx, lambda e: None)
-    c = trainer.train(nss_job(seed=2), trainer.plan(nss_job(seed=2), ctx), ctx, lambda e: None)
-    assert a.model == b.model and a.model != c.model
-    keyed = dataclasses.replace(ctx, options={**ctx.options, "nss": {"noise_key": "host-secret"}})
-    k1 = trainer.train(nss_job(seed=1), trainer.plan(nss_job(seed=1), keyed), keyed, lambda e: None)
-    k2 = trainer.train(nss_job(seed=1), trainer.plan(nss_job(seed=1), keyed), keyed, lambda e: None)
-    assert k1.model == k2.model and k1.model != a.model
-    secure = dataclasses.replace(ctx, secure_mode=True)
-    s1 = trainer.train(nss_job(seed=1), trainer.plan(nss_job(seed=1), secure), secure, lambda e: None)
-    s2 = trainer.train(nss_job(seed=1), trainer.plan(nss_job(seed=1), secure), secure, lambda e: None)
-    assert s1.model != s2.model
+
+    def run(job, c):
+        return trainer.train(job, trainer.plan(job, c), c, lambda e: None).model
+
+    j1, j1_other = nss_job(job_id="a", seed=1), nss_job(job_id="b", seed=1)
+    # Same secret seed: reproducible (crash recovery retrains identically).
+    assert run(j1, with_noise_seed(ctx, j1)) == run(j1, with_noise_seed(ctx, j1))
+    # Same buyer seed, different job ids: different noise.
+    assert run(j1, with_noise_seed(ctx, j1)) != run(j1_other, with_noise_seed(ctx, j1_other))
+    # The buyer's seed alone does not fix the noise: a fixed secret seed with another job.seed...
+    fixed = dataclasses.replace(ctx, options={**ctx.options, "noise_seed": 12345})
+    assert run(nss_job(seed=1), fixed) == run(nss_job(seed=2), fixed)
+    # ... and no secret seed (outside the pipeline) or secure mode: OS entropy, never job.seed.
+    assert run(j1, ctx) != run(j1, ctx)
+    secure = dataclasses.replace(with_noise_seed(ctx, j1), secure_mode=True)
+    assert run(j1, secure) != run(j1, secure)

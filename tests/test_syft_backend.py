@@ -307,12 +307,17 @@ def test_a_dataset_is_uploaded_once_and_again_when_its_digest_changes(trainer, c
 
     first = site.ensure_dataset(info, load)
     assert loads == []  # uploaded by the earlier jobs already
-    changed = dataclasses.replace(info, digest="sha256:" + "0" * 64)
+    changed = dataclasses.replace(info, digest="sha256:" + "0" * 64, commitment="hmac-sha256:" + "0" * 64)
     second = site.ensure_dataset(changed, load)
     assert loads == ["load"] and second != first
     with datasite.syft_io():
         held = [(d.name, d.summary) for d in site.admin.api.services.dataset.get_all()]
-    assert held == [("synthetic", changed.digest)]
+    # syft's store names the version by the keyed commitment, never by the plain digest
+    assert held == [("synthetic", changed.commitment)]
+    # its copies of the data are readable by the service alone (issue 12)
+    loose = [str(p) for p in site.root.parent.rglob("*")
+             if not p.is_symlink() and p.stat().st_mode & 0o077]
+    assert not loose, loose[:5]
     site.ensure_dataset(info, load)  # back to the real digest for any later test
 
 

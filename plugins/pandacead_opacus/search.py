@@ -36,7 +36,7 @@ import time
 from typing import Any
 
 from pandacead import accounting, tuning
-from pandacead.errors import JobFailed, JobRejected
+from pandacead.errors import Diverged, JobFailed, JobRejected
 from pandacead.jobs import Job
 
 DEFAULT_VALIDATION_FRACTION = 0.2
@@ -299,7 +299,12 @@ def run_search(
             "rdp": None,
             "details": cfg_plan["details"],
         }
-        result = train_candidate(cand.to_dict(), cand_plan, fit_arrays, _derived(secret, f"candidate\0{i}"))
+        try:
+            result = train_candidate(cand.to_dict(), cand_plan, fit_arrays, _derived(secret, f"candidate\0{i}"))
+        except Diverged:
+            # Decided on the DP model alone (post-processing): this candidate is out, the search goes on.
+            progress({"stage": "search", "candidate": i + 1, "diverged": True, "admin_only": True})
+            continue
         model, arch = models.load_model(result["model"])
         if len(X_val):
             pred = models.predict(model, arch, X_val)
@@ -319,13 +324,14 @@ def run_search(
             best["training_params"]["search_choice"] = {"learning_rate": lr, "clip": clip, **cfg_plan["config"]}
         progress({"stage": "search", "candidate": i + 1, "best_score_so_far": best_score, "admin_only": True})
     if best is None:
-        raise JobFailed("The hyperparameter search drew no candidate (a Poisson count of zero); nothing is released.")
+        raise JobFailed("The hyperparameter search produced no usable candidate; nothing is released.")
     # What the buyer may see: the released model, its own hyperparameters and its
     # noisy validation score (part of Q's output, so covered by the search's ε).
     # K, the other candidates and their scores stay on the host.
     best = dict(best)
     name = "validation_accuracy_dp" if classification else "validation_clipped_loss_dp"
-    value = best_score if classification else -best_score
+    # Clamped into the metric's range: post-processing of the noisy score.
+    value = min(1.0, max(0.0, best_score)) if classification else max(0.0, -best_score)
     best["metrics"] = {name: float(value), "search": {"released": "best candidate by its noisy validation score"}}
     best["accuracy"] = None
     best["epsilon"] = float(plan.epsilon)

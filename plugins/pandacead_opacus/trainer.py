@@ -15,7 +15,14 @@ from typing import Any
 
 from pandacead.errors import JobFailed, JobRejected
 from pandacead.jobs import Job
-from pandacead.trainers import DatasetInfo, PrivacyPlan, Progress, TrainerContext, TrainResult
+from pandacead.trainers import (
+    DATA_LOADED,
+    DatasetInfo,
+    PrivacyPlan,
+    Progress,
+    TrainerContext,
+    TrainResult,
+)
 
 from . import models
 from .privacy import ACCOUNTANTS, RDP_ORDERS
@@ -74,9 +81,42 @@ def check_ready(job: Job, plan: PrivacyPlan, ctx: TrainerContext) -> DatasetInfo
     """What must still hold when training starts (shared with the syft backend)."""
     info = ctx.dataset(job)
     check_secure_mode(ctx)
-    if plan.details.get("digest") not in (None, info.digest):
+    if plan.details.get("dataset_version") not in (None, info.commitment):
         raise JobFailed(f"Dataset {info.name!r} changed between planning and training.")
     return info
+
+
+#: Lower bounds of DP-SGD's cost on one CPU thread (bench/bench_dpsgd.py measures far
+#: more): per optimizer step, and per (sample × parameter) of a step. The estimate is
+#: optimistic on purpose: it refuses only jobs that cannot finish whatever the host.
+MIN_SECONDS_PER_STEP = 1e-4
+MIN_SECONDS_PER_SAMPLE_PARAM = 1e-9
+
+
+def _parameter_count(arch: dict[str, Any]) -> int:
+    """Weights of a dense architecture (input, hidden..., output); 1 when the layout is unknown."""
+    dims = [arch.get("input_dim"), *(arch.get("hidden") or []), arch.get("output_dim")]
+    if not all(isinstance(d, int) and d > 0 for d in dims):
+        return 1
+    return sum((a + 1) * b for a, b in zip(dims, dims[1:]))
+
+
+def estimated_seconds(steps: int, expected_batch_size: int, n_params: int) -> float:
+    """A lower bound of the training time: steps × (overhead + batch × model size × cost)."""
+    return steps * (MIN_SECONDS_PER_STEP + max(1, expected_batch_size) * n_params * MIN_SECONDS_PER_SAMPLE_PARAM)
+
+
+def check_runtime(job: Job, ctx: TrainerContext, steps: int, expected_batch_size: int, arch: dict[str, Any]) -> float:
+    """'No free work': refuse, before calibrating σ, a job that cannot finish within the timeout."""
+    est = estimated_seconds(steps, expected_batch_size, _parameter_count(arch))
+    timeout = ctx.options.get("timeout_seconds")
+    if isinstance(timeout, (int, float)) and timeout > 0 and est > float(timeout):
+        raise JobRejected(
+            f"Job {job.job_id} would train for at least {est:.0f} s ({steps} DP-SGD steps), more than this"
+            f" host's {float(timeout):g}-s timeout; nothing was run or charged.",
+            [f"runtime: estimated >= {est:.1f} s > timeout_seconds {float(timeout):g}"],
+        )
+    return est
 
 
 class OpacusTrainer:
@@ -84,6 +124,7 @@ class OpacusTrainer:
 
     name = "opacus"
     isolated = True
+    private = True
     #: Runs a job's ``search`` block (private hyperparameter search, search.py).
     supports_search = True
 
@@ -131,9 +172,13 @@ class OpacusTrainer:
         except ValueError as exc:
             raise JobRejected(f"The job's model cannot be built: {exc}.", [f"model: {exc}"]) from None
 
-        n = info.n_train if fit_fraction >= 1 else int(info.n_train * fit_fraction)
-        if n < 1:
-            raise JobRejected(f"Dataset {info.name!r} has no training rows.")
+        # The PUBLIC count (true n for public data, the earner's declared rows otherwise):
+        # under add/remove neighbours the true n is private and may shape nothing released.
+        n = info.require_public_n_train()
+        if fit_fraction < 1:  # a search candidate: the public share of the rows it fits on
+            n = int(n * fit_fraction)
+            if n < 1:
+                raise JobRejected(f"Dataset {info.name!r} has too few public rows for a search.")
         if not dp.delta < 1 / n:
             raise JobRejected(
                 f"δ = {dp.delta:g} is not below 1/n = {1 / n:.3g} for the {n} training rows of "
@@ -150,9 +195,13 @@ class OpacusTrainer:
                 [f"steps: {steps} > max_steps {ctx.max_steps}"],
             )
 
+        est = check_runtime(job, ctx, steps, sched["expected_batch_size"], arch)
         details: dict[str, Any] = {
             "dataset": info.name,
-            "digest": info.digest,
+            "dataset_version": info.commitment,
+            "public_data": bool(info.public),
+            "n_source": "public" if info.public else "declared",
+            "estimated_seconds_min": round(est, 3),
             "task": info.task,
             "n_classes": info.n_classes,
             "n_features": info.n_features,
@@ -250,6 +299,7 @@ class OpacusTrainer:
 
         info = check_ready(job, plan, ctx)
         base_dir = ctx.options.get("home") or "."
+        progress(dict(DATA_LOADED))  # from here on the job is charged whatever happens
         X_train, y_train, X_test, y_test = datasets.load(info, base_dir)
         arrays = {"X_train": X_train, "y_train": y_train, "X_test": X_test, "y_test": y_test}
         if plan.details.get("search"):

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from pandacead.errors import JobFailed
+from pandacead.errors import Diverged, JobFailed
 
 from . import models, privacy
 
@@ -127,6 +127,52 @@ def evaluate(model: Any, arch: dict[str, Any], X: np.ndarray, y: np.ndarray) -> 
     return {"mse": finite(mse), "r2": finite(r2), "n_test": int(len(y))}
 
 
+def _finite_model(model: Any) -> bool:
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def guard_per_sample_gradients(optimizer: Any, module: Any, mode: str) -> None:
+    """Zero every per-sample gradient that is not finite, before clipping.
+
+    A row whose loss overflows has an inf/NaN gradient; Opacus's clip factor
+    C/(‖g‖+1e-6) turns it into NaN and the whole noisy sum into NaN — a
+    deterministic, non-private signal that such a row was sampled. A zero
+    gradient has norm 0 ≤ C, so zeroing keeps the Gaussian mechanism exact.
+    hooks/functorch: per-sample gradients are materialised and zeroed row by
+    row. ghost: only per-sample norms exist; a non-finite norm gets clip
+    coefficient 0 (docs/privacy.md notes the remaining limit of ghost mode).
+    """
+    import torch
+
+    if mode == "ghost":
+        get_coef = getattr(module, "get_clipping_coef", None)
+        if get_coef is None:
+            return
+
+        def safe_coef() -> Any:
+            coef = get_coef()
+            return torch.where(torch.isfinite(coef), coef, torch.zeros_like(coef))
+
+        module.get_clipping_coef = safe_coef
+        return
+    original = optimizer.clip_and_accumulate
+
+    def clip_and_accumulate() -> Any:
+        samples = [optimizer._get_flat_grad_sample(p) for p in optimizer.params]
+        if samples and len(samples[0]):
+            ok = torch.ones(len(samples[0]), dtype=torch.bool, device=samples[0].device)
+            for g in samples:
+                ok &= torch.isfinite(g.reshape(len(g), -1)).all(dim=1)
+            if not bool(ok.all()):
+                for g in samples:
+                    g[~ok] = 0.0
+        return original()
+
+    optimizer.clip_and_accumulate = clip_and_accumulate
+
+
 def job_architecture(job: dict[str, Any], details: dict[str, Any], n_features: int) -> dict[str, Any]:
     m = job.get("model") or {}
     return models.architecture(
@@ -210,7 +256,8 @@ def _train_arrays(
 ) -> dict[str, Any]:
     import torch
     from opacus import PrivacyEngine
-    from torch.utils.data import DataLoader, TensorDataset
+    from opacus.data_loader import DPDataLoader
+    from torch.utils.data import TensorDataset
 
     t_start = time.monotonic()
     progress = progress or (lambda _event: None)
@@ -223,14 +270,12 @@ def _train_arrays(
     X_train = np.ascontiguousarray(arrays["X_train"], dtype=np.float32)
     X_test = np.ascontiguousarray(arrays["X_test"], dtype=np.float32)
     y_train, y_test = arrays["y_train"], arrays["y_test"]
-    n = int(len(X_train))
-    if n != plan.get("n_train"):
-        raise JobFailed(
-            f"The training data has {n} rows but the job was planned for {plan.get('n_train')}.",
-            [f"n_train: {n} != planned {plan.get('n_train')}"],
-        )
-    if X_train.ndim != 2 or len(y_train) != n:
+    n_rows = int(len(X_train))  # the true count: private, used for nothing the buyer sees
+    if X_train.ndim != 2 or len(y_train) != n_rows or n_rows < 1:
         raise JobFailed("The training arrays have inconsistent shapes.")
+    # Under add/remove neighbours the true n is private: the schedule, the sample rate
+    # and the normaliser of the noisy sum all come from the plan's PUBLIC count.
+    n = int(plan["n_train"])
 
     dp = job["dp"]
     epochs = int(job["epochs"])
@@ -265,10 +310,13 @@ def _train_arrays(
     head = arch["head"]
     criterion = _criterion(head)
     optimizer = torch.optim.SGD(model.parameters(), lr=float(job["learning_rate"]))
-    loader = DataLoader(
+    # Poisson sampling at the public rate 1/ceil(n_public/B) (what Opacus's
+    # from_data_loader would derive from the private len(dataset)); make_private
+    # then records q = 1/len(loader) = 1/steps_per_epoch, as planned.
+    loader = DPDataLoader(
         TensorDataset(torch.from_numpy(X_train), _targets(head, y_train)),
-        batch_size=batch_size,
-        generator=sampling_gen,  # DPDataLoader.from_data_loader samples with this generator
+        sample_rate=float(schedule["poisson_rate"]),
+        generator=sampling_gen,
     )
     engine = PrivacyEngine(accountant=accountant, secure_mode=bool(secure_mode))
     private = engine.make_private(
@@ -278,7 +326,7 @@ def _train_arrays(
         data_loader=loader,
         noise_multiplier=sigma,
         max_grad_norm=float(dp["clip"]),
-        poisson_sampling=True,
+        poisson_sampling=False,  # the loader above already samples (from the public rate)
         grad_sample_mode=mode,
         noise_generator=noise_gen,
     )
@@ -287,6 +335,10 @@ def _train_arrays(
     else:
         dp_model, dp_optimizer, dp_loader = private
         dp_criterion = criterion
+    # make_private computes the mean's denominator as int(len(dataset) * q): the private n.
+    # Dividing a DP sum by a data-dependent number is not post-processing; use the public one.
+    dp_optimizer.expected_batch_size = int(schedule["expected_batch_size"])
+    guard_per_sample_gradients(dp_optimizer, dp_model, mode)
     if len(dp_loader) != schedule["steps_per_epoch"]:
         raise JobFailed(
             "Opacus's Poisson loader has a different number of batches per epoch than planned.",
@@ -298,6 +350,8 @@ def _train_arrays(
     steps = 0
     acct_seconds = 0.0
     eps_so_far = 0.0
+    reported = 0.0  # the largest ε reported so far: progress never goes down
+    diverged = False
     t_train = time.monotonic()
     for epoch in range(1, epochs + 1):
         dp_model.train()
@@ -309,9 +363,17 @@ def _train_arrays(
             loss.backward()
             dp_optimizer.step()
             steps += 1
-            if len(xb):
-                loss_sum += float(loss.item()) * len(xb)
+            # Divergence is decided on the model alone — post-processing of the DP
+            # updates — so stopping (and saying so) costs no privacy beyond the job's ε.
+            if not _finite_model(model):
+                diverged = True
+                break
+            value = float(loss.item()) if len(xb) else math.nan
+            if math.isfinite(value):  # the (non-DP) loss is for the admin's log only
+                loss_sum += value * len(xb)
                 loss_n += len(xb)
+        if diverged:
+            break
         # ε so far: the job's accountant on the full history at the last epoch
         # and whenever that is cheap; otherwise the smaller of two valid upper
         # bounds (RDP at these steps, the plan's final ε), flagged not exact.
@@ -328,17 +390,28 @@ def _train_arrays(
         else:
             eps_so_far = min(rdp_progress.epsilon(steps), planned_eps)
             exact = False
+        # Monotone: an exact value below an earlier upper bound is reported as that bound
+        # (still an upper bound: ε only grows with steps), labelled as such.
+        if eps_so_far < reported:
+            exact = False
+        reported = max(reported, eps_so_far)
         progress(
             {
                 "epoch": epoch,
                 "epochs": epochs,
                 "loss": (loss_sum / loss_n) if loss_n else None,
-                "epsilon": eps_so_far,
+                "epsilon": reported,
                 "epsilon_exact": exact,
+                "epsilon_kind": "exact" if exact else "upper_bound",
                 "steps": steps,
             }
         )
     train_seconds = time.monotonic() - t_train
+    if diverged:
+        raise Diverged(
+            "Training diverged: the DP model's parameters became non-finite, so it was stopped.",
+            [f"diverged at step {steps} of {steps_planned} (learning rate {job['learning_rate']})"],
+        )
 
     history = [tuple(h) for h in engine.accountant.history]
     if steps != steps_planned or history != [(sigma, q, steps_planned)]:
@@ -353,18 +426,18 @@ def _train_arrays(
             [f"epsilon: {final_eps} > planned {planned_eps}"],
         )
 
-    metrics = evaluate(model, arch, X_test, y_test)
-    # A diverged run (too large a learning rate) still spent its ε on the
-    # data: its model is released as it is, flagged, never turned into a
-    # failure whose occurrence would itself depend on the data.
-    metrics["diverged"] = not all(bool(torch.isfinite(p).all()) for p in model.parameters())
-    metrics["train_seconds"] = round(train_seconds, 3)
+    # Exact held-out metrics are not DP: computed (and released) only for data the earner
+    # declared public; for private data they are neither computed nor released.
+    metrics = evaluate(model, arch, X_test, y_test) if details.get("public_data") else {}
+    metrics["diverged"] = False  # a diverged run raised Diverged above
+    if details.get("public_data"):
+        metrics["train_seconds"] = round(train_seconds, 3)
     model_bytes = models.save_model(
         model,
         arch,
         extra={
             "pandacead.dataset": str(details.get("dataset", "")),
-            "pandacead.dataset_digest": str(details.get("digest", "")),
+            "pandacead.dataset_version": str(details.get("dataset_version", "")),
         },
     )
     training_params = {
@@ -390,7 +463,7 @@ def _train_arrays(
         training_params["prv_eps_error"] = eps_error
     provenance = {
         "dataset": details.get("dataset"),
-        "dataset_digest": details.get("digest"),
+        "dataset_version": details.get("dataset_version"),
         **_versions(),
         "threads": int(torch.get_num_threads()),
         "wall_seconds": round(time.monotonic() - t_start, 3),

@@ -18,6 +18,15 @@ further call. The account costs one user record per spender and a login
 per spender per process (~0.5 s); its password is derived from a secret
 in the state directory, so nothing but that directory needs protecting.
 
+Private copies: syft's store holds a copy of each dataset's private arrays.
+It lives under `<state>/syft/` with folders 0700 and files 0600 (the worker
+runs syft with umask 077 and `restrict` tightens anything syft made before),
+so only the service account can read it. The copy is kept while its dataset
+is registered and unchanged — uploading it again costs seconds per job — and
+deleted from the store when the dataset's version changes; docs/privacy.md
+says how to remove it (`rm -r <state>/syft`, rebuilt at the next syft job).
+The store names a dataset by its keyed commitment, never by the plain digest.
+
 State: each datasite lives in `<state>/syft/site-<n>/` (`SYFT_TEMP_ROOT`),
 `n` being the first slot whose lock this process wins, so concurrent
 workers sharing one home never share syft's SQLite store, and a replaced
@@ -117,7 +126,8 @@ class Datasite:
     def ensure_dataset(self, info: DatasetInfo, load: Callable[[], Arrays]) -> Any:
         """The syft dataset holding `info`'s data, uploaded now if missing or its digest changed."""
         cached = self.assets.get(info.name)
-        if cached is not None and cached[0] == info.digest:
+        version = str(info.commitment or info.digest)  # the commitment: no plain digest in syft's store
+        if cached is not None and cached[0] == version:
             return cached[1]
         sy = self.syft
         with syft_io():
@@ -125,12 +135,10 @@ class Datasite:
             for dataset in self.admin.api.services.dataset.get_all():
                 if dataset.name != info.name:
                     continue
-                if dataset.summary == info.digest:
+                if dataset.summary == version:
                     current = dataset
                 else:
-                    log.info(
-                        "syft: dataset %s changed (now %s); replacing it", info.name, info.digest
-                    )
+                    log.info("syft: dataset %s changed (now %s); replacing it", info.name, version)
                     self.admin.api.services.dataset.delete(uid=dataset.id)
             if current is None:
                 X_train, y_train, X_test, y_test = load()
@@ -143,16 +151,17 @@ class Datasite:
                 }
                 dataset = sy.Dataset(
                     name=info.name,
-                    summary=info.digest,
-                    description=f"pandacead dataset {info.name} ({info.digest})",
+                    summary=version,
+                    description=f"pandacead dataset {info.name} ({version})",
                     asset_list=[sy.Asset(name=ASSET_NAME, data=private, mock=mock_arrays(private))],
                 )
                 self.admin.upload_dataset(dataset)
                 current = next(
                     d for d in self.admin.api.services.dataset.get_all() if d.name == info.name
                 )
-                log.info("syft: uploaded dataset %s (%s)", info.name, info.digest)
-        self.assets[info.name] = (info.digest, current.id)
+                log.info("syft: uploaded dataset %s (%s)", info.name, version)
+        restrict(self.root.parent)
+        self.assets[info.name] = (version, current.id)
         return current.id
 
     # -- spenders ---------------------------------------------------------------
@@ -249,8 +258,21 @@ def shutdown() -> None:
         _SITE = None
 
 
+def restrict(base: Path) -> None:
+    """Folders 0700, files 0600 under `base`: syft's store holds private data."""
+    for dirpath, dirnames, filenames in os.walk(base):
+        with contextlib.suppress(OSError):
+            os.chmod(dirpath, 0o700)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            with contextlib.suppress(OSError):
+                if not os.path.islink(path):
+                    os.chmod(path, 0o600)
+
+
 def _claim_slot(base: Path) -> tuple[Path, int]:
-    base.mkdir(parents=True, exist_ok=True)
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(base, 0o700)
     for n in range(MAX_SLOTS):
         fd = os.open(base / f"site-{n}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -263,9 +285,11 @@ def _claim_slot(base: Path) -> tuple[Path, int]:
 
 
 def _launch(base: Path) -> Datasite:
+    os.umask(0o077)  # this worker process writes syft's copies of private data: service-only
     root, fd = _claim_slot(base)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        restrict(base)
         # Absolute, so syft's Path(tempfile.gettempdir(), SYFT_TEMP_ROOT) ignores /tmp.
         os.environ["SYFT_TEMP_ROOT"] = str(root)
         os.environ.setdefault("MPLCONFIGDIR", str(base / "mpl"))

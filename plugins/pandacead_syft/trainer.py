@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 class SyftTrainer:
     name = "syft"
     isolated = True
+    private = True
 
     def plan(self, job: Job, ctx: TrainerContext) -> PrivacyPlan:
         # Delegated, not re-implemented: a syft job is refused or priced exactly
@@ -57,11 +58,12 @@ class SyftTrainer:
             progress({"stage": "datasite", "seconds": round(timings["datasite"], 3)})
 
             t0 = time.monotonic()
+            progress({"stage": "data_loaded"})  # the datasite may read the data now: charged from here on
             dataset_id = site.ensure_dataset(info, lambda: _load(info, ctx))
             spender = site.spender(job.user_id)
             asset = site.asset_for(spender, dataset_id)
             timings["dataset"] = time.monotonic() - t0
-            progress({"stage": "dataset", "dataset": info.name, "digest": info.digest})
+            progress({"stage": "dataset", "dataset": info.name, "version": info.commitment})
         except JobError:
             raise
         except Exception as exc:

@@ -47,12 +47,16 @@ other than "linear", δ ≥ 1/n_train, and an ε so small that the noise on ever
 entry of X̃ᵀX̃ would exceed the largest value the entry can take (σ₁ > n_train·B_x²,
 i.e. μ < √2/n_train): the output would be noise whatever the data.
 
-Randomness: the noise comes from ``numpy.random.default_rng(job.seed)``, so a job
-is reproducible bit for bit. Anyone who knows the seed can regenerate that
-noise, so on a host where the buyer chooses the seed, set the trainer's
-``secure_mode`` (noise from the OS entropy pool, not reproducible) or a host
-``noise_key`` in the trainer options (noise seeded by SHA-256(key, seed):
-reproducible by the earner only).
+Randomness: the noise comes from the per-job secret ``ctx.options["noise_seed"]``
+(HMAC of the host's noise key with the job id and seed, supplied by the
+pipeline), never from the buyer's ``job.seed``: whoever could regenerate the
+noise could subtract it and recover the exact statistics. Two jobs never share
+noise (their job ids differ). Without a noise seed (a caller outside the
+pipeline), or with ``secure_mode``, the noise comes from the OS entropy pool.
+
+Released: the model (post-processing of the two noisy statistics) and, for data
+the earner declared public only, held-out metrics. For private data no metric,
+no true row count and no plain digest leaves the host (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -127,6 +131,7 @@ class NSSTrainer:
 
     name = "nss"
     isolated = False  # numpy only: runs in the daemon's process
+    private = True
 
     # ------------------------------------------------------------------ plan
     def plan(self, job: Job, ctx: TrainerContext) -> PrivacyPlan:
@@ -136,7 +141,9 @@ class NSSTrainer:
             problems.append(f"model.type: the nss trainer trains linear models only, not {job.model.type!r}")
         if job.task not in ("classification", "regression"):
             problems.append(f"task: {job.task!r} is not supported")
-        n = int(info.n_train)
+        # The public count (true n for public data, the declared rows otherwise): the true
+        # n of private data is private under add/remove neighbours and shapes no decision.
+        n = int(info.require_public_n_train())
         d = int(info.n_features)
         if n < 1 or d < 1:
             problems.append(f"dataset: {info.name!r} has {n} training rows and {d} features")
@@ -249,13 +256,12 @@ class NSSTrainer:
 
     # ----------------------------------------------------------------- train
     def _rng(self, job: Job, ctx: TrainerContext) -> np.random.Generator:
-        if ctx.secure_mode:
+        """The noise generator: from the secret per-job seed, never from `job.seed`."""
+        seed = ctx.options.get("noise_seed")
+        if ctx.secure_mode or not isinstance(seed, int) or isinstance(seed, bool):
             return np.random.default_rng(secrets.randbits(128))
-        key = _options(ctx).get("noise_key") or ctx.options.get("noise_key")
-        if key:
-            digest = hashlib.sha256(f"pandacead-nss\0{key}\0{job.seed}".encode()).digest()
-            return np.random.default_rng(int.from_bytes(digest, "big"))
-        return np.random.default_rng(job.seed)
+        digest = hashlib.sha256(f"pandacead-nss\0{seed}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest, "big"))
 
     def train(self, job: Job, plan: PrivacyPlan, ctx: TrainerContext, progress: Progress) -> TrainResult:
         from safetensors import __version__ as st_version
@@ -271,6 +277,7 @@ class NSSTrainer:
             )
         det = fresh.details
         info = ctx.dataset(job)
+        progress({"stage": "data_loaded"})  # from here on the job is charged whatever happens
         X, y, Xt, yt = datasets.load(info, ctx.options.get("home", "."))
         X = np.asarray(X)
         Xt = np.asarray(Xt)
@@ -301,8 +308,12 @@ class NSSTrainer:
         weight = W[:-1].T.copy()  # (k, d)
         bias = W[-1] * clip  # (k,)
 
-        metrics, accuracy, loss = self._evaluate(job, weight, bias, clip, Xt, np.asarray(yt), k, float(det["label_bound"]))
-        progress({"epoch": 1, "epochs": 1, "loss": loss, "epsilon": fresh.epsilon})
+        if info.public:
+            metrics, accuracy, loss = self._evaluate(job, weight, bias, clip, Xt, np.asarray(yt), k, float(det["label_bound"]))
+        else:  # exact held-out metrics of private data are not DP: not computed, not released
+            metrics, accuracy, loss = {}, None, None
+        progress({"epoch": 1, "epochs": 1, "loss": loss, "epsilon": fresh.epsilon, "epsilon_exact": True,
+                  "epsilon_kind": "exact"})
 
         arch = {
             "type": "linear",
@@ -337,12 +348,12 @@ class NSSTrainer:
             model=model,
             epsilon=fresh.epsilon,
             delta=fresh.delta,
-            n=int(len(X)),
+            n=info.public_n_train,
             accuracy=accuracy,
             metrics=metrics,
             training_params=params,
             provenance={
-                "dataset_digest": info.digest,
+                "dataset_version": info.commitment,
                 "versions": {"numpy": np.__version__, "safetensors": st_version, "pandacead-nss": _version()},
             },
         )
