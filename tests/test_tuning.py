@@ -117,3 +117,79 @@ def test_search_charged_under_rdp_fits_the_filter_exactly_at_the_boundary(tmp_pa
     assert n > budget_eps / one_search_eps  # the filter beats adding the searches' ε
     stored = accounting.curve_from_json(led.spend("s0")["rdp"])
     assert stored == pytest.approx(tuple(search[a] for a in RDP_ORDERS))
+
+
+# --------------------------------------------------------------------------- the search itself
+
+
+def _search_job(job_id: str, **kw):
+    from conftest import job
+
+    search = kw.pop("search", {"candidates": {"distribution": "logarithmic", "mean": 3},
+                               "space": {"learning_rate": {"low": 0.02, "high": 0.5, "log": True},
+                                         "epochs": [1, 2]}})
+    return job(job_id, epsilon=kw.pop("epsilon", 2.0), epochs=2, batch_size=64, search=search, **kw)
+
+
+@pytest.mark.opacus
+def test_number_of_candidates_follows_the_host_secret_not_the_job():
+    pytest.importorskip("opacus")
+    from pandacead_opacus import search as search_mod
+    from pandacead_opacus.trainer import OpacusTrainer
+    from pandacead_opacus.training import train_arrays
+
+    from pandacead import datasets
+    from pandacead.jobs import Job
+    from pandacead.trainers import TrainerContext
+
+    info = datasets.describe("synthetic", datasets.builtin_specs()["synthetic"], ".")
+    ctx = TrainerContext(datasets={"synthetic": info}, state_dir=".", options={"home": "."})
+    job = Job.from_dict({**_search_job("k", user_id="u"), "model": {"type": "linear", "hidden": []},
+                         "backend": None})
+    plan = OpacusTrainer().plan(job, ctx)
+    X, y, Xt, yt = datasets.load(info, ".")
+    arrays = {"X_train": X[:300], "y_train": y[:300], "X_test": Xt, "y_test": yt}
+    counts = []
+    for secret in range(8):
+        calls = []
+
+        def train_candidate(cj, cp, fit, seed, calls=calls):
+            calls.append(seed)
+            return train_arrays(cj, cp, fit, noise_seed=seed)
+
+        best = search_mod.run_search(job, plan, arrays, noise_seed=1000 + secret,
+                                     train_candidate=train_candidate, progress=lambda e: None)
+        assert len(set(calls)) == len(calls)  # every candidate has its own secret noise
+        counts.append(len(calls))
+        text = repr({k: v for k, v in best.items() if k != "model"})
+        assert "best_score_so_far" not in text and "candidate" not in text.replace("best candidate", "")
+    assert len(set(counts)) >= 2, counts  # same job, different host secrets: different K
+    assert plan.epsilon <= 2.0 and plan.accountant == "rdp-repeat-and-select"
+    assert plan.details["search"]["naive_epsilon"] > plan.epsilon
+
+
+@pytest.mark.opacus
+@pytest.mark.slow
+def test_search_job_through_the_daemon_releases_one_model_and_charges_the_search(tmp_path: Path):
+    pytest.importorskip("opacus")
+    from conftest import drop, ledger, make_home, outcomes, run_once
+
+    home = make_home(tmp_path / "home", backend="opacus", timeout=300)
+    drop(home, "s.json", _search_job("search-1"))
+    drop(home, "m.json", {**_search_job("search-mock"), "backend": "mock"})
+    r = run_once(home)
+    assert r.returncode == 0, r.stderr.decode()
+    out = outcomes(home)
+    assert out["search-1"] == "artifact", out
+    assert out["search-mock"] == "error"  # no silent run without the search
+    art = __import__("json").loads((home / "outbox" / "search-1.json").read_text())
+    assert art["backend"] == "opacus" and art["epsilon"] <= 2.0
+    assert set(art["metrics"]) >= {"validation_accuracy_dp"}
+    assert 0.0 <= art["metrics"]["validation_accuracy_dp"] <= 1.0
+    assert "candidates_run" not in __import__("json").dumps(art)
+    spend = ledger(home).spend("search-1")
+    assert spend["state"] == "committed" and spend["epsilon"] == pytest.approx(art["epsilon"])
+    assert spend["accountant"] == "rdp-repeat-and-select"
+    # One model only: one artifact and one envelope for the search, nothing else.
+    assert sorted(p.name for p in (home / "outbox").iterdir() if p.name.startswith("search-1")) == [
+        "search-1.dsse.json", "search-1.json"]
