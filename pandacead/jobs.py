@@ -62,6 +62,8 @@ class Job:
     backend: str | None = None
     model: ModelSpec = field(default_factory=ModelSpec)
     quote: str | None = None  # "sha256:<hex>" of a quote this host issued (pandacead.quote)
+    #: Private hyperparameter search (schema `search`; see pandacead_opacus.search), or None.
+    search: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -220,6 +222,28 @@ def job_id_hint(raw: Any) -> str | None:
     return None
 
 
+def _search_violations(search: Any) -> list[str]:
+    """What the schema cannot say about a `search` block."""
+    if not isinstance(search, dict):
+        return []
+    out = []
+    cand = search.get("candidates")
+    if isinstance(cand, dict):
+        dist = cand.get("distribution", "logarithmic")
+        if dist == "negative_binomial" and "shape" not in cand:
+            out.append("search.candidates.shape: a negative_binomial search needs its shape η")
+        if dist != "negative_binomial" and "shape" in cand:
+            out.append(f"search.candidates.shape: only a negative_binomial search has a shape, not {dist!r}")
+    space = search.get("space")
+    if isinstance(space, dict):
+        for key in ("learning_rate", "clip"):
+            r = space.get(key)
+            if isinstance(r, dict) and isinstance(r.get("low"), (int, float)) and isinstance(r.get("high"), (int, float)):
+                if not r["low"] < r["high"]:
+                    out.append(f"search.space.{key}: low {r['low']} is not below high {r['high']}")
+    return out
+
+
 PRICE_MISSING = "dp.epsilon: 'dp.epsilon' is required (the most ε the job pays; no default is charged)"
 PRICE_SCHEMA_MESSAGES = ("(job): 'dp' is a required property", "dp: 'epsilon' is a required property")
 
@@ -247,6 +271,7 @@ def validate(raw: Any, *, default_user: str | None = None) -> Job:
             value = raw.get(key)
             if isinstance(value, str) and value.endswith("\n"):
                 violations.append(f"{key}: {value!r} ends in a line break")
+        violations.extend(_search_violations(raw.get("search")))
         jid = raw.get("job_id")
         if isinstance(jid, str) and valid_id(jid) and not valid_job_id(jid):
             violations.append(
@@ -289,6 +314,7 @@ def validate(raw: Any, *, default_user: str | None = None) -> Job:
         backend=raw.get("backend"),
         model=ModelSpec(type=model_raw.get("type", "linear"), hidden=tuple(model_raw.get("hidden", ()))),
         quote=raw.get("quote"),
+        search=raw.get("search"),
     )
 
 

@@ -72,7 +72,7 @@ log = logging.getLogger("pandacead.job")
 #: A calibrated plan costs at least this share of the requested ε (see `Pipeline.precheck`).
 PRECHECK_SHARE = 0.9
 #: Metric keys a private dataset's artifact may carry: post-processing of DP outputs only.
-DP_METRICS = ("diverged",)
+DP_METRICS = ("diverged", "validation_accuracy_dp", "validation_clipped_loss_dp")
 #: Provenance keys released for private data (library versions, the opaque dataset id).
 RELEASED_PROVENANCE = ("versions", "backend", "dataset", "dataset_version", "noise_source")
 #: Under the state directory: one directory per job that a trainer may checkpoint into
@@ -372,6 +372,11 @@ class Pipeline:
         if name not in trainers:
             raise JobRejected(f"Backend {name!r} is not available on this host.", [f"backend: {name!r}"])
         trainer = trainers[name]
+        if job.search and not getattr(trainer, "supports_search", False):
+            raise JobRejected(
+                f"Backend {name!r} cannot run a hyperparameter search; use the opacus backend.",
+                [f"search: backend {name!r} does not support search"],
+            )
         # Whatever chose it (the job, the config default, MOCK_DP, a selection plugin):
         # a trainer whose outputs are not DP never touches data not declared public.
         may_train_on(trainer, self.ctx.datasets.get(job.dataset), job.job_id, job.dataset)
@@ -539,7 +544,11 @@ class Pipeline:
         prov["dataset_version"] = info.commitment
         if info.public:
             return dataclasses.replace(result, provenance=prov), "public"
-        metrics = {k: result.metrics[k] for k in DP_METRICS if isinstance(result.metrics.get(k), bool)}
+        # `diverged` (a flag decided on the DP model) and the DP scores a trainer computed with
+        # a mechanism its plan charged (a search's noisy validation score): nothing else.
+        metrics = {k: result.metrics[k] for k in DP_METRICS
+                   if isinstance(result.metrics.get(k), bool)
+                   or (k.endswith("_dp") and isinstance(result.metrics.get(k), float))}
         prov = {k: v for k, v in prov.items() if k in RELEASED_PROVENANCE or k.endswith("_version")}
         params = {k: v for k, v in result.training_params.items() if not _timing_key(k)}
         n = info.public_n_train

@@ -159,6 +159,8 @@ class OpacusTrainer:
     name = "opacus"
     isolated = True
     private = True
+    #: Runs a job's ``search`` block (private hyperparameter search, search.py).
+    supports_search = True
 
     @staticmethod
     def available() -> bool:
@@ -167,6 +169,24 @@ class OpacusTrainer:
     # ------------------------------------------------------------------ plan
 
     def plan(self, job: Job, ctx: TrainerContext) -> PrivacyPlan:
+        if job.search:
+            from . import search
+
+            base = self._plan(job, ctx)
+
+            def plan_config(cfg_job: Job, fit_fraction: float) -> PrivacyPlan:
+                return self._plan(cfg_job, ctx, fit_fraction=fit_fraction, check_epsilon=False)
+
+            return search.plan_search(job, ctx, base, plan_config)
+        return self._plan(job, ctx)
+
+    def _plan(
+        self, job: Job, ctx: TrainerContext, *, fit_fraction: float = 1.0, check_epsilon: bool = True
+    ) -> PrivacyPlan:
+        """The plan of one DP-SGD run. `fit_fraction`: the share of the training rows it
+        trains on (a search's candidates keep the rest for validation); `check_epsilon`
+        False prices the run with the job's σ without refusing it (a search prices the
+        whole search instead)."""
         from . import privacy
 
         info = ctx.dataset(job)  # description only; no data is read
@@ -189,6 +209,10 @@ class OpacusTrainer:
         # The PUBLIC count (true n for public data, the earner's declared rows otherwise):
         # under add/remove neighbours the true n is private and may shape nothing released.
         n = info.require_public_n_train()
+        if fit_fraction < 1:  # a search candidate: the public share of the rows it fits on
+            n = int(n * fit_fraction)
+            if n < 1:
+                raise JobRejected(f"Dataset {info.name!r} has too few public rows for a search.")
         if not dp.delta < 1 / n:
             raise JobRejected(
                 f"δ = {dp.delta:g} is not below 1/n = {1 / n:.3g} for the {n} training rows of "
@@ -233,7 +257,7 @@ class OpacusTrainer:
                 sigma = float(dp.noise_multiplier)
                 eps, accountant, eps_error = self._epsilon_for(accountant, sigma, q, steps, dp.delta, details)
                 details["calibrated"] = False
-                if eps > dp.epsilon:
+                if eps > dp.epsilon and check_epsilon:
                     raise JobRejected(
                         f"The job's noise multiplier σ = {sigma:g} gives ε = {eps:.4g} "
                         f"({accountant} accountant, δ = {dp.delta:g}, q = {q:.4g}, {steps} steps), "
@@ -320,6 +344,23 @@ class OpacusTrainer:
         fraction = float(ctx.memory.get("cuda_memory_fraction", 0.9))
         if ctx.world_size <= 1:  # rank processes cap their own device (pandacead_opacus.distributed)
             cap_cuda_memory(device, fraction)
+        if plan.details.get("search"):
+            from . import search
+
+            def train_candidate(cand_job: dict[str, Any], cand_plan: dict[str, Any], fit: Any, seed: int) -> Any:
+                return train_arrays(
+                    cand_job, cand_plan, fit, threads=ctx.torch_threads, progress=None,
+                    grad_sample_mode=cand_plan["details"].get("grad_sample_mode"),
+                    secure_mode=ctx.secure_mode, noise_seed=seed, device=device,
+                    max_physical_batch_size=ctx.max_physical_batch_size,
+                )
+
+            result = search.run_search(
+                job, plan, arrays, noise_seed=ctx.options.get("noise_seed"),
+                train_candidate=train_candidate, progress=progress,
+            )
+            result["provenance"]["backend"] = "opacus"
+            return TrainResult(**result)
         result = train_arrays(
             job.to_dict(),
             plan.to_dict(),

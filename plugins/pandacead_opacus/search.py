@@ -1,0 +1,343 @@
+"""Private hyperparameter search for the opacus backend (a job's ``search`` block).
+
+The search is one DP mechanism, priced before any data is read:
+
+* **Base algorithm Q** (one candidate): draw hyperparameters from the job's
+  space with the host's secret generator, train with DP-SGD on the *fit* part
+  of the training rows, and score the model on the *validation* part with the
+  Gaussian mechanism (the count of correct predictions, or of the clipped
+  losses, plus N(0, σ_s²); sensitivity 1 under add/remove). Each training row
+  goes to validation by its own secret coin (probability
+  ``validation_fraction``), so adding or removing one row changes either the
+  fit set or the validation set, never both: Q's Rényi curve is the
+  order-wise maximum of the worst candidate configuration's DP-SGD curve and
+  the score's curve (joint quasi-convexity of Rényi divergence over the coin).
+  σ_s is chosen so that the score's curve never exceeds the training curve.
+* **Repetition**: K ~ the job's law (logarithmic, geometric, truncated
+  negative binomial or Poisson, with the job's mean) drawn from the secret
+  generator; only the candidate with the best noisy score is released, with
+  that noisy score. `pandacead.tuning.repeat_and_select` turns Q's curve into
+  the search's curve (Papernot & Steinke 2022, Theorems 2 and 6); that curve,
+  converted at the job's δ, is the ε reserved and charged, whatever K turns
+  out to be (a search cut short is charged in full).
+
+σ is calibrated so that the *search* spends at most ``dp.epsilon`` (or the
+job's own σ is checked against it). K, the candidates tried and their scores
+never leave the host; see docs/accounting.md ("Private hyperparameter search")
+for the theorems and docs/privacy.md for what is released.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import time
+from typing import Any
+
+from pandacead import accounting, tuning
+from pandacead.errors import Diverged, JobFailed, JobRejected
+from pandacead.jobs import Job
+
+DEFAULT_VALIDATION_FRACTION = 0.2
+#: At most this many privacy-relevant configurations (batch size × epochs × model).
+MAX_CONFIGS = 64
+#: σ calibration: bracket and relative tolerance on ε.
+SIGMA_MIN, SIGMA_MAX = 0.05, 1e4
+
+
+def _derived(secret: int, purpose: str) -> int:
+    digest = hashlib.sha256(f"pandacead-search\0{secret}\0{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def spec_of(job: Job) -> dict[str, Any]:
+    return dict(job.search or {})
+
+
+def configs(job: Job) -> list[dict[str, Any]]:
+    """The privacy-relevant grid: every (batch_size, epochs, hidden) the search may draw."""
+    space = dict(spec_of(job).get("space") or {})
+    batches = [int(b) for b in space.get("batch_size") or [job.batch_size]]
+    epochs = [int(e) for e in space.get("epochs") or [job.epochs]]
+    hiddens = [tuple(int(h) for h in hs) for hs in space.get("hidden") or [job.model.hidden]]
+    grid = [
+        {"batch_size": b, "epochs": e, "hidden": list(h)}
+        for b, e, h in itertools.product(sorted(set(batches)), sorted(set(epochs)), sorted(set(hiddens)))
+    ]
+    if len(grid) > MAX_CONFIGS:
+        raise JobRejected(
+            f"The search space has {len(grid)} combinations of batch size, epochs and model, "
+            f"more than the {MAX_CONFIGS} a search may price.",
+            [f"search.space: {len(grid)} configurations > {MAX_CONFIGS}"],
+        )
+    if job.model.type == "linear" and any(c["hidden"] for c in grid):
+        raise JobRejected(
+            "The search draws hidden layers for a linear model; use model.type \"mlp\".",
+            ["search.space.hidden: a linear model has no hidden layers"],
+        )
+    return grid
+
+
+def candidate_job(job: Job, cfg: dict[str, Any], lr: float, clip: float, sigma: float) -> Job:
+    """The plain job one candidate trains (its own hyperparameters, the search's σ)."""
+    d = job.to_dict()
+    d.pop("search", None)
+    d["batch_size"] = int(cfg["batch_size"])
+    d["epochs"] = int(cfg["epochs"])
+    d["learning_rate"] = float(lr)
+    d["model"] = {"type": job.model.type, "hidden": list(cfg["hidden"])}
+    d["dp"] = {**d["dp"], "clip": float(clip), "noise_multiplier": float(sigma)}
+    return Job.from_dict(d)
+
+
+def score_sigma(train_curve: dict[float, float]) -> float:
+    """σ_s of the score's Gaussian mechanism: the smallest with α/(2σ_s²) ≤ ρ_train(α) at every order."""
+    need = max(a / (2 * rho) for a, rho in train_curve.items() if rho > 0 and math.isfinite(rho))
+    return math.sqrt(need)
+
+
+def _train_curve(schedules: list[dict[str, Any]], sigma: float) -> dict[float, float]:
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    from .privacy import RDP_ORDERS
+
+    worst = {float(a): 0.0 for a in RDP_ORDERS}
+    for s in schedules:
+        values = compute_rdp(q=s["sample_rate"], noise_multiplier=sigma, steps=s["steps"], orders=RDP_ORDERS)
+        for a, v in zip(RDP_ORDERS, values):
+            v = float(v)
+            worst[float(a)] = max(worst[float(a)], v if math.isfinite(v) else math.inf)
+    return worst
+
+
+def search_curve(
+    schedules: list[dict[str, Any]], sigma: float, mean: float, shape: float
+) -> tuple[dict[float, float], dict[float, float], float]:
+    """(search curve, base curve Q, σ_s) for noise multiplier σ."""
+    train = _train_curve(schedules, sigma)
+    finite = {a: r for a, r in train.items() if math.isfinite(r)}
+    if not finite:
+        return {a: math.inf for a in train}, train, math.inf
+    s_sigma = score_sigma(finite)
+    base = {a: max(r, tuning.gaussian_rdp(s_sigma, a)) for a, r in finite.items()}
+    return tuning.repeat_and_select(base, mean, shape), base, s_sigma
+
+
+def _eps(curve: dict[float, float], delta: float) -> float:
+    eps, _ = accounting.rdp_to_dp({a: r for a, r in curve.items() if math.isfinite(r)}, delta)
+    return eps
+
+
+def plan_search(job: Job, ctx: Any, base_plan: Any, plan_config: Any) -> Any:
+    """The PrivacyPlan of a search job.
+
+    `base_plan` is the plan of the job's own configuration (the opacus
+    trainer's usual checks ran on it); `plan_config(cfg_job)` plans any
+    candidate configuration the same way (schedule, architecture, grad-sample
+    mode) so that candidates train exactly as ordinary jobs of that shape.
+    """
+    from pandacead.trainers import PrivacyPlan
+
+    t0 = time.monotonic()
+    spec = spec_of(job)
+    cand = dict(spec.get("candidates") or {})
+    distribution = str(cand.get("distribution", "logarithmic"))
+    mean = float(cand.get("mean", 10))
+    try:
+        shape = tuning.distribution_shape(distribution, cand.get("shape"))
+    except ValueError as exc:
+        raise JobRejected(f"The search's number of candidates is invalid: {exc}.", [f"search.candidates: {exc}"]) from None
+    fraction = float(spec.get("validation_fraction", DEFAULT_VALIDATION_FRACTION))
+    delta = float(job.dp.delta)
+
+    grid = configs(job)
+    plans = []
+    for cfg in grid:
+        cfg_job = candidate_job(job, cfg, job.learning_rate, job.dp.clip, base_plan.noise_multiplier or 1.0)
+        p = plan_config(cfg_job, fit_fraction=1 - fraction)
+        plans.append({"config": cfg, "sample_rate": p.sample_rate, "steps": p.steps, "details": p.details,
+                      "n_train": p.n_train})
+    n_val_public = max(1, int(round(base_plan.n_train * fraction)))
+
+    def eps_of(sigma: float) -> float:
+        curve, _, _ = search_curve(plans, sigma, mean, shape)
+        return _eps(curve, delta)
+
+    target = float(job.dp.epsilon)
+    if job.dp.noise_multiplier is not None:
+        sigma = float(job.dp.noise_multiplier)
+        eps = eps_of(sigma)
+        if eps > target:
+            raise JobRejected(
+                f"The search with σ = {sigma:g} would spend ε = {eps:.4g} (mean {mean:g} candidates, "
+                f"{distribution}), above its requested ε = {target:g}.",
+                [f"dp.noise_multiplier: search ε({sigma:g}) = {eps:.6g} > dp.epsilon = {target:g}"],
+            )
+        calibrated = False
+    else:
+        lo, hi = math.log(SIGMA_MIN), math.log(SIGMA_MAX)
+        if eps_of(math.exp(hi)) > target:
+            raise JobRejected(
+                f"No noise multiplier up to {SIGMA_MAX:g} fits the search into ε = {target:g}.",
+                [f"dp.epsilon: {target:g} too small for the search"],
+            )
+        tol = max(1e-3, 0.005 * target)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            e = eps_of(math.exp(mid))
+            if e <= target:
+                hi = mid
+                if target - e <= tol:
+                    break
+            else:
+                lo = mid
+        sigma = math.exp(hi)
+        eps = eps_of(sigma)
+        calibrated = True
+    curve, base, s_sigma = search_curve(plans, sigma, mean, shape)
+    base_eps = _eps(base, delta)
+    for p in plans:
+        p["noise_multiplier"] = sigma
+    worst = max(plans, key=lambda p: (p["steps"] * p["sample_rate"] ** 2, p["sample_rate"]))
+    details = dict(base_plan.details)
+    details.update(
+        {
+            "search": {
+                **tuning.describe(distribution, mean, cand.get("shape")),
+                "validation_fraction": fraction,
+                "n_validation_public": n_val_public,
+                "score_noise": s_sigma,
+                "metric": spec.get("metric") or ("accuracy" if base_plan.details.get("task") == "classification" else "loss"),
+                "loss_clip": float(spec.get("loss_clip", 1.0)),
+                "space": spec.get("space") or {},
+                "configs": plans,
+                "base_epsilon": base_eps,
+                "naive_epsilon": base_eps * mean,
+                "search_epsilon": eps,
+                "calibrated": calibrated,
+                "plan_seconds": round(time.monotonic() - t0, 3),
+            },
+            "calibrated": calibrated,
+        }
+    )
+    details.pop("prv_eps_error", None)
+    return PrivacyPlan(
+        epsilon=float(eps),
+        delta=delta,
+        noise_multiplier=float(sigma),
+        sample_rate=float(worst["sample_rate"]),
+        steps=int(worst["steps"]),
+        accountant="rdp-repeat-and-select",
+        n_train=base_plan.n_train,
+        rdp=accounting.curve_to_json({a: curve[a] for a in accounting.RDP_ORDERS}),
+        details=details,
+    )
+
+
+def _draw(space: dict[str, Any], key: str, default: float, rng: Any) -> float:
+    v = space.get(key)
+    if v is None:
+        return float(default)
+    if isinstance(v, list):
+        return float(v[int(rng.integers(len(v)))])
+    low, high = float(v["low"]), float(v["high"])
+    if v.get("log", False):
+        return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+    return float(rng.uniform(low, high))
+
+
+def run_search(
+    job: Job,
+    plan: Any,
+    arrays: dict[str, Any],
+    *,
+    noise_seed: int | None,
+    train_candidate: Any,
+    progress: Any,
+) -> dict[str, Any]:
+    """Run the search on the training arrays; return the best candidate's TrainResult fields.
+
+    `train_candidate(cand_job, cand_plan_dict, arrays, noise_seed)` trains one
+    candidate (the opacus trainer's `train_arrays`). Only X_train/y_train are
+    used: the held-out rows stay untouched, as for any job.
+    """
+    import secrets as _secrets
+
+    import numpy as np
+
+    from . import models
+
+    s = plan.details["search"]
+    secret = int(noise_seed) if noise_seed is not None else _secrets.randbits(63)
+    rng = np.random.default_rng(_derived(secret, "search"))
+    k = tuning.sample_count(float(rng.random()), s["distribution"], float(s["mean"]),
+                            s["shape"] if s["distribution"] == "negative_binomial" else None)
+    X, y = arrays["X_train"], arrays["y_train"]
+    to_val = rng.random(len(X)) < float(s["validation_fraction"])
+    X_fit, y_fit, X_val, y_val = X[~to_val], y[~to_val], X[to_val], y[to_val]
+    fit_arrays = {"X_train": X_fit, "y_train": y_fit, "X_test": X_val[:0], "y_test": y_val[:0]}
+    space = dict(s.get("space") or {})
+    n_val_public = int(s["n_validation_public"])
+    classification = s["metric"] == "accuracy"
+    best: dict[str, Any] | None = None
+    best_score = -math.inf
+    progress({"stage": "search", "message": "searching hyperparameters"})
+    for i in range(k):
+        cfg_plan = s["configs"][int(rng.integers(len(s["configs"])))]
+        lr = _draw(space, "learning_rate", job.learning_rate, rng)
+        clip = _draw(space, "clip", job.dp.clip, rng)
+        cand = candidate_job(job, cfg_plan["config"], lr, clip, plan.noise_multiplier)
+        cand_plan = {
+            "epsilon": plan.epsilon,
+            "delta": plan.delta,
+            "noise_multiplier": plan.noise_multiplier,
+            "sample_rate": cfg_plan["sample_rate"],
+            "steps": cfg_plan["steps"],
+            "accountant": "rdp",
+            "n_train": cfg_plan["n_train"],
+            "rdp": None,
+            "details": cfg_plan["details"],
+        }
+        try:
+            result = train_candidate(cand.to_dict(), cand_plan, fit_arrays, _derived(secret, f"candidate\0{i}"))
+        except Diverged:
+            # Decided on the DP model alone (post-processing): this candidate is out, the search goes on.
+            progress({"stage": "search", "candidate": i + 1, "diverged": True, "admin_only": True})
+            continue
+        model, arch = models.load_model(result["model"])
+        if len(X_val):
+            pred = models.predict(model, arch, X_val)
+            if classification:
+                total = float(np.sum(pred == np.asarray(y_val, dtype=np.int64)))
+            else:
+                err = (pred.astype(np.float64) - np.asarray(y_val, dtype=np.float64)) ** 2
+                err = np.where(np.isfinite(err), err, np.inf)
+                total = -float(np.sum(np.minimum(err, s["loss_clip"]))) / float(s["loss_clip"])
+        else:
+            total = 0.0
+        noisy = (total + float(rng.normal(0.0, float(s["score_noise"])))) / n_val_public
+        if not math.isfinite(noisy):
+            noisy = -math.inf
+        if best is None or noisy > best_score:
+            best, best_score = result, noisy
+            best["training_params"]["search_choice"] = {"learning_rate": lr, "clip": clip, **cfg_plan["config"]}
+        progress({"stage": "search", "candidate": i + 1, "best_score_so_far": best_score, "admin_only": True})
+    if best is None:
+        raise JobFailed("The hyperparameter search produced no usable candidate; nothing is released.")
+    # What the buyer may see: the released model, its own hyperparameters and its
+    # noisy validation score (part of Q's output, so covered by the search's ε).
+    # K, the other candidates and their scores stay on the host.
+    best = dict(best)
+    name = "validation_accuracy_dp" if classification else "validation_clipped_loss_dp"
+    # Clamped into the metric's range: post-processing of the noisy score.
+    value = min(1.0, max(0.0, best_score)) if classification else max(0.0, -best_score)
+    best["metrics"] = {name: float(value), "search": {"released": "best candidate by its noisy validation score"}}
+    best["accuracy"] = None
+    best["epsilon"] = float(plan.epsilon)
+    best["delta"] = float(plan.delta)
+    tp = dict(best["training_params"])
+    tp["accountant"] = plan.accountant
+    tp["search"] = {k2: s[k2] for k2 in ("distribution", "mean", "shape", "validation_fraction", "score_noise")}
+    best["training_params"] = tp
+    return best
