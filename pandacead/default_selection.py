@@ -15,13 +15,13 @@ from pandacead.errors import JobRejected
 from pandacead.hookspecs import hookimpl
 
 
-def default_backend(trainers: Mapping[str, Any], config: Any) -> str | None:
-    """The configured default; for "auto" opacus when installed, else None (never mock)."""
+def default_backend(trainers: Mapping[str, Any], config: Any) -> str:
+    """The configured default; for "auto" opacus when installed, else "" (none: never mock)."""
     wanted = "auto"
     if config is not None:
         wanted = config.trainer.get("default_backend", "auto")
     if wanted == "auto":
-        return "opacus" if "opacus" in trainers else None
+        return "opacus" if "opacus" in trainers else ""
     return str(wanted)
 
 
@@ -33,7 +33,7 @@ def pandacead_select_trainer(job: Any, trainers: Mapping[str, Any], config: Any)
         name = job.backend
     else:
         name = default_backend(trainers, config)
-        if name is None:
+        if not name:
             raise JobRejected(
                 "No differentially private training backend is installed on this host"
                 ' (default_backend = "auto" needs opacus), so the job cannot run.',

@@ -260,7 +260,7 @@ def shutdown() -> None:
 
 def restrict(base: Path) -> None:
     """Folders 0700, files 0600 under `base`: syft's store holds private data."""
-    for dirpath, dirnames, filenames in os.walk(base):
+    for dirpath, _dirnames, filenames in os.walk(base):
         with contextlib.suppress(OSError):
             os.chmod(dirpath, 0o700)
         for name in filenames:
