@@ -213,6 +213,11 @@ def _print_quote(qt: Any, as_json: bool) -> None:
         f"  estimate   ~{_duration(e['seconds'])}, peak memory ~{e['peak_memory_bytes'] / 2**20:.0f} MiB (rough)",
         f"  valid      {d['issued_at']} to {d['expires_at']}",
     ]
+    if d.get("search"):
+        sp = d["search"]
+        lines.append(f"  search     mean {sp['mean']:g} candidates ({sp['distribution']}): ε {sp['search_epsilon']:.4g}"
+                     f" for the whole search, vs ε {sp['naive_epsilon']:.4g} for {sp['mean']:g} separate jobs"
+                     f" of ε {sp['base_epsilon']:.4g}")
     if not d["fits"]:
         lines.append(f"  DOES NOT FIT: {d['reason']}")
     lines.append(f"Nothing was charged. To pay exactly this, add \"quote\": \"{d['quote']}\" to the job.")

@@ -176,7 +176,15 @@ class Quote:
             "reason": p["admission"]["reason"], "account_after": p["admission"]["account"],
             "dataset_after": p["admission"]["dataset"], "estimate": p["estimate"],
             "issued_at": p["issued_at"], "expires_at": p["expires_at"], "charged": False,
+            "search": p.get("search"),
         }
+
+
+def _search_price(plan: PrivacyPlan) -> dict[str, Any] | None:
+    sp = (plan.details or {}).get("search")
+    if not sp:
+        return None
+    return {k: sp.get(k) for k in ("distribution", "mean", "shape", "base_epsilon", "naive_epsilon", "search_epsilon")}
 
 
 def plan_fields(plan: PrivacyPlan) -> dict[str, Any]:
@@ -194,6 +202,8 @@ def build_quote(
         "job_id": job.job_id, "job_digest": job_digest(job), "account": job.user_id, "dataset": job.dataset,
         "backend": backend, "plan": plan_fields(plan), "admission": admission, "estimate": est,
         "issued_at": utc(issued), "expires_at": utc(issued + timedelta(seconds=valid_seconds)),
+        # A hyperparameter search: its price next to what the same candidates would cost as separate jobs.
+        "search": _search_price(plan),
     }
     stmt = statement(job.job_id, b"", predicate)
     stmt["subject"][0]["digest"] = {"sha256": job_digest(job).split(":", 1)[1]}
