@@ -44,6 +44,8 @@ class DPParams:
 class ModelSpec:
     type: str = "linear"
     hidden: tuple[int, ...] = ()
+    channels: tuple[int, ...] = ()  # cnn only
+    kernel: int = 3  # cnn only
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["model"]["hidden"] = list(self.model.hidden)
+        d["model"]["channels"] = list(self.model.channels)
         return d
 
     @classmethod
@@ -74,6 +77,7 @@ class Job:
         d["dp"] = DPParams(**d.get("dp", {}))
         m = dict(d.get("model", {}))
         m["hidden"] = tuple(m.get("hidden", ()))
+        m["channels"] = tuple(m.get("channels", ()))
         d["model"] = ModelSpec(**m)
         return cls(**d)
 
@@ -233,6 +237,10 @@ def validate(raw: Any, *, default_user: str | None = None) -> Job:
         model = raw.get("model")
         if isinstance(model, dict) and model.get("type", "linear") == "linear" and model.get("hidden"):
             violations.append("model.hidden: a linear model has no hidden layers")
+        if isinstance(model, dict) and model.get("type", "linear") != "cnn":
+            for key in ("channels", "kernel"):
+                if key in model:
+                    violations.append(f"model.{key}: only a cnn has {key}")
         for key in ("job_id", "user_id", "dataset", "backend"):
             value = raw.get(key)
             if isinstance(value, str) and value.endswith("\n"):
@@ -277,7 +285,12 @@ def validate(raw: Any, *, default_user: str | None = None) -> Job:
         learning_rate=float(raw.get("learning_rate", 0.01)),
         seed=int(raw.get("seed", 42)),
         backend=raw.get("backend"),
-        model=ModelSpec(type=model_raw.get("type", "linear"), hidden=tuple(model_raw.get("hidden", ()))),
+        model=ModelSpec(
+            type=model_raw.get("type", "linear"),
+            hidden=tuple(model_raw.get("hidden", ())),
+            channels=tuple(model_raw.get("channels", ())),
+            kernel=int(model_raw.get("kernel", 3)),
+        ),
     )
 
 
