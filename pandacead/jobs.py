@@ -63,6 +63,10 @@ class Job:
     seed: int = 42
     backend: str | None = None
     model: ModelSpec = field(default_factory=ModelSpec)
+    #: Training settings the job left out ("epochs", "batch_size", "learning_rate"):
+    #: a backend may fill them with defaults for the model family (opacus does
+    #: for datasets with declared bounds, `pandacead_opacus.defaults`).
+    defaulted: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -79,6 +83,7 @@ class Job:
         m["hidden"] = tuple(m.get("hidden", ()))
         m["channels"] = tuple(m.get("channels", ()))
         d["model"] = ModelSpec(**m)
+        d["defaulted"] = tuple(d.get("defaulted", ()))
         return cls(**d)
 
 
@@ -274,7 +279,9 @@ def validate(raw: Any, *, default_user: str | None = None) -> Job:
         ),
         accountant=dp_raw.get("accountant"),
     )
+    defaulted = tuple(k for k in ("epochs", "batch_size", "learning_rate") if k not in raw)
     return Job(
+        defaulted=defaulted,
         job_id=raw["job_id"],
         user_id=raw["user_id"],
         dataset=raw.get("dataset", "synthetic"),

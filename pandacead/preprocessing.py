@@ -130,7 +130,7 @@ def from_spec(
             raise PreprocessingError(f"Dataset {name!r}: bounds name column {unknown[0]!r}, which is not a feature.")
     cols: list[dict[str, Any]] = []
     missing: list[str] = []
-    for j, col in enumerate(names):
+    for col in names:
         if col in cats_spec:
             cols.append({"name": col, "kind": "categorical", "categories": _categories(name, col, cats_spec[col])})
             continue

@@ -17,7 +17,7 @@ from pandacead.errors import JobFailed, JobRejected
 from pandacead.jobs import Job
 from pandacead.trainers import DatasetInfo, PrivacyPlan, Progress, TrainerContext, TrainResult
 
-from . import models
+from . import defaults, models
 from .privacy import ACCOUNTANTS, RDP_ORDERS
 
 __all__ = ["OpacusTrainer", "RDP_ORDERS"]
@@ -123,6 +123,7 @@ class OpacusTrainer:
         from . import privacy
 
         info = ctx.dataset(job)  # description only; no data is read
+        job, family_defaults = defaults.with_defaults(job, info)
         dp = job.dp
         if not dp.enabled:
             raise JobRejected("The opacus backend only runs jobs with differential privacy enabled.")
@@ -176,6 +177,7 @@ class OpacusTrainer:
             "grad_sample_mode": mode,
             "secure_mode": bool(ctx.secure_mode),
             "requested_epsilon": dp.epsilon,
+            "family_defaults": family_defaults,
             "steps_per_epoch": sched["steps_per_epoch"],
             "expected_batch_size": sched["expected_batch_size"],
             "schedule": (
@@ -271,6 +273,7 @@ class OpacusTrainer:
         from .training import train_arrays
 
         info = check_ready(job, plan, ctx)
+        job, _ = defaults.with_defaults(job, info)
         base_dir = ctx.options.get("home") or "."
         X_train, y_train, X_test, y_test = datasets.load(info, base_dir)
         arrays = {"X_train": X_train, "y_train": y_train, "X_test": X_test, "y_test": y_test}
