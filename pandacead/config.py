@@ -99,6 +99,9 @@ key = "state/keys/ed25519.pem"
 # path = "data/patients.csv"
 # label = "outcome"
 # task = "classification" # or "regression"
+# bounds = { age = [0, 120] }          # public bounds (or bounds = [low, high] for all);
+# categories = { smoker = ["no", "yes"] }  # declared values of text columns
+# classes = ["healthy", "ill"]         # see docs/preprocessing.md
 """
 
 

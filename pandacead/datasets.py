@@ -24,6 +24,14 @@ Kinds of dataset (a spec is one ``[datasets.<name>]`` table of the config):
 * ``npz``: as above, but ``"features"`` and ``"label"`` name arrays (default
   ``"X"`` and ``"y"``). Loaded with ``allow_pickle=False``.
 
+Public declarations (`pandacead.preprocessing`, docs/preprocessing.md):
+``bounds``, ``categories``, ``classes``, ``extractor`` and, for npz,
+``input_shape``. With them, `load` returns rows clipped and scaled by the
+declared bounds (one-hot for declared categories, then the extractor's
+features), and ``info.n_features`` is the width of those rows; npz arrays may
+be images ``[n, h, w]`` / ``[n, c, h, w]`` (rows flattened, the shape in
+``info.source["input_shape"]``).
+
 Features must be numeric and finite. Classification labels may be numbers or
 strings; they are remapped to ``0..k-1`` in sorted order (the original labels
 are kept in ``info.source["classes"]``). Regression labels must be numeric.
@@ -367,7 +375,7 @@ def _table_arrays(
         col = cols[f]
         if f in categories:  # declared values -> codes (-1: undeclared); preprocessing one-hots them
             X[:, j] = preprocessing.encode_column(
-                {"categories": [str(c).strip() for c in categories[f]]}, list(col)
+                {"categories": list(categories[f])}, list(col)
             )
             continue
         if col.dtype == object:
@@ -397,18 +405,13 @@ def _declared_labels(
     """Codes in the declared order; a label outside it is the earner's registration error."""
     if not isinstance(declared, list) or len(declared) < 2 or len(declared) > MAX_CLASSES:
         raise _err(name, f"classes must be a list of 2 to {MAX_CLASSES} label values, not {declared!r}.")
-    keys = [str(c).strip() for c in declared]
+    keys = [preprocessing.value_key(c) for c in declared]
     if len(set(keys)) != len(keys):
         raise _err(name, "classes repeats a value.")
     index = {k: i for i, k in enumerate(keys)}
     codes = np.empty(len(y), dtype=np.int64)
     for i, v in enumerate(y):
-        key = v.strip() if isinstance(v, str) else v
-        if isinstance(key, (float, np.floating)) and float(key).is_integer():
-            key = int(key)
-        if isinstance(key, np.integer):
-            key = int(key)
-        code = index.get(str(key))
+        code = index.get(preprocessing.value_key(v.item() if hasattr(v, "item") else v))
         if code is None:
             raise _err(
                 name,
@@ -597,6 +600,8 @@ def describe(name: str, spec: dict[str, Any], base_dir: Path | str) -> DatasetIn
             source["categories"] = {k: list(v) for k, v in spec["categories"].items()}
         if "classes" in spec:
             source["declared_classes"] = True
+        elif task == "classification":
+            source["notice"] = preprocessing.undeclared_classes_notice(name)
     else:
         source["unbounded"] = preprocessing.unbounded_notice(name, columns)
     if kind == "npz":

@@ -86,7 +86,7 @@ def _categories(name: str, col: str, v: Any) -> list[str]:
             f"Dataset {name!r}: categories for column {col!r} must be a non-empty list of values."
         )
     cats = [str(c).strip() for c in v]
-    if len(set(cats)) != len(cats) or len(cats) > MAX_CATEGORIES:
+    if len({value_key(c) for c in cats}) != len(cats) or len(cats) > MAX_CATEGORIES:
         raise PreprocessingError(
             f"Dataset {name!r}: categories for column {col!r} repeat a value or exceed {MAX_CATEGORIES}."
         )
@@ -171,15 +171,27 @@ def output_dim(pre: dict[str, Any]) -> int:
     return sum(len(c["categories"]) if c["kind"] == "categorical" else 1 for c in pre["columns"])
 
 
+def value_key(v: Any) -> str:
+    """How a declared category/class and a value in the data are compared: text, numbers by value.
+
+    ``"1"``, ``1``, ``1.0`` and ``" 1 "`` are one key; ``"red"`` is ``"red"``.
+    """
+    text = v.strip() if isinstance(v, str) else v
+    try:
+        f = float(text)
+    except (TypeError, ValueError):
+        return str(text)
+    if math.isfinite(f) and f.is_integer():
+        return str(int(f))
+    return repr(f)
+
+
 def encode_column(col: dict[str, Any], values: Any) -> np.ndarray:
     """Category codes (index in the declared list, -1 when undeclared) for one categorical column."""
-    index = {c: i for i, c in enumerate(col["categories"])}
+    index = {value_key(c): i for i, c in enumerate(col["categories"])}
     out = np.empty(len(values), dtype=np.float64)
     for i, v in enumerate(values):
-        key = v.strip() if isinstance(v, str) else v
-        if isinstance(key, float) and key.is_integer():
-            key = int(key)
-        out[i] = index.get(str(key), -1)
+        out[i] = index.get(value_key(v), -1)
     return out
 
 
@@ -240,6 +252,13 @@ def transform(pre: dict[str, Any] | None, rows: Any, *, codes: bool = False) -> 
             onehot[np.nonzero(ok)[0], v[ok].astype(np.int64)] = 1.0
             parts.append(onehot)
     return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def undeclared_classes_notice(name: str) -> str:
+    return (
+        f"Dataset {name!r} declares no classes: the model's classes are the distinct labels found "
+        f"in the data; the earner can declare them (classes = [...] in [datasets.{name}])."
+    )
 
 
 def unbounded_notice(name: str, columns: Sequence[str] | None) -> str:

@@ -233,3 +233,27 @@ def test_cnn_needs_image_rows(tmp_path: Path) -> None:
     j = Job(job_id="c", user_id="u", dataset="t", model=ModelSpec(type="cnn"), dp=DPParams(epsilon=1.0, delta=1e-4))
     with pytest.raises(JobRejected, match="a cnn needs image or signal rows"):
         TRAINER.plan(j, ctx_for(info, tmp_path))
+
+
+def test_family_defaults_fill_only_what_the_job_left_out(tmp_path: Path) -> None:
+    from pandacead.jobs import parse_job
+
+    write_csv(tmp_path / "t.csv", *table(300, 0))
+    info = datasets.describe("t", SPEC, tmp_path)
+    ctx = ctx_for(info, tmp_path)
+    omitted = parse_job(json.dumps({"job_id": "d", "user_id": "u", "dataset": "t",
+                                    "dp": {"epsilon": 1.0, "delta": 1e-4}}).encode())
+    plan = TRAINER.plan(omitted, ctx)
+    assert plan.details["family_defaults"] == {"epochs": 30, "batch_size": 80, "learning_rate": 2.0}
+    given = parse_job(json.dumps({"job_id": "g", "user_id": "u", "dataset": "t", "epochs": 3,
+                                  "dp": {"epsilon": 1.0, "delta": 1e-4}}).encode())
+    assert TRAINER.plan(given, ctx).details["family_defaults"] == {"batch_size": 80, "learning_rate": 2.0}
+
+
+def test_numeric_labels_match_declared_classes_by_value(tmp_path: Path) -> None:
+    rows = "a,label\n" + "\n".join(f"{i},{'1.0' if i % 2 else '0'}" for i in range(40))
+    (tmp_path / "n.csv").write_text(rows + "\n")
+    info = datasets.describe("n", {"kind": "csv", "path": "n.csv", "label": "label", "task": "classification",
+                                   "bounds": [0, 40], "classes": [0, 1]}, tmp_path)
+    _, y, _, _ = datasets.load(info, tmp_path)
+    assert info.source["classes"] == [0, 1] and set(y.tolist()) == {0, 1}

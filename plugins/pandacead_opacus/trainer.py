@@ -212,6 +212,8 @@ class OpacusTrainer:
             details["preprocessing"] = released_preprocessing(info)
             # Declared bounds cost nothing: no statistic of the data is read.
             details["preprocessing_epsilon"] = 0.0
+            if info.source.get("notice"):
+                details["notice"] = info.source["notice"]
         elif info.source.get("unbounded"):
             details["notice"] = info.source["unbounded"]
         plan = PrivacyPlan(
