@@ -370,7 +370,8 @@ def _table_arrays(
     n = len(cols[label])
     X = np.empty((n, len(features)), dtype=np.float64)
     offset = 2 if csv_rows else 0  # CSV rows are numbered as in the file (header = row 1)
-    categories = spec.get("categories") if isinstance(spec.get("categories"), dict) else {}
+    declared = spec.get("categories")
+    categories: dict[str, Any] = declared if isinstance(declared, dict) else {}
     for j, f in enumerate(features):
         col = cols[f]
         if f in categories:  # declared values -> codes (-1: undeclared); preprocessing one-hots them
@@ -509,7 +510,8 @@ def _refuse_text(name: str, spec: dict[str, Any], header: list[str], cols: dict[
     # A text column without declared categories: the earner's registration error, naming it.
     label = spec.get("label")
     feats = spec.get("features") or [h for h in header if h != label]
-    cats = spec.get("categories") if isinstance(spec.get("categories"), dict) else {}
+    declared = spec.get("categories")
+    cats: dict[str, Any] = declared if isinstance(declared, dict) else {}
     undeclared = [f for f in feats if isinstance(f, str) and f in cols and f not in cats]
     text = _string_columns(cols, undeclared) if preprocessing.declared(spec) else []
     if text:
