@@ -32,6 +32,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/utility.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check pandacead plugins tests bench
