@@ -1,6 +1,7 @@
 """Privacy–utility table against peers: writes docs/utility.md and docs/utility.png.
 
     .venv/bin/python bench/utility.py [--quick] [--seeds 5] [--eps 0.5,1,3,8] [--only breast_cancer,digits]
+        [--json docs/utility.json] [--render docs/utility.json]
 
 Part of `make bench`, not of the tests. For each dataset that ships offline
 (scikit-learn's breast_cancer, wine and digits; mnist1d's generator), each
@@ -311,6 +312,11 @@ def _fmt(v: list[float] | None) -> str:
 
 
 def render(results: dict[str, Any], eps_list: list[float], meta: dict[str, Any]) -> str:
+    bc = results.get("breast_cancer", {}).get("cells", {})
+    gap = (
+        f"{100 * (np.mean(bc['nonprivate_logreg']) - np.mean(bc['opacus linear@1'])):.1f}"
+        if bc.get("nonprivate_logreg") and bc.get("opacus linear@1") else "n/a"
+    )
     lines = [
         "# Privacy–utility: pandacead against peers",
         "",
@@ -329,6 +335,19 @@ def render(results: dict[str, Any], eps_list: list[float], meta: dict[str, Any])
         "(the ceiling), the same pandacead model trained by the same SGD without DP, and IBM "
         "diffprivlib's LogisticRegression at the same ε (pure ε-DP, `data_norm` = √d). The metrics "
         "pandacead's artifacts carry are not used.",
+        "",
+        "Reading the peer column: diffprivlib's LogisticRegression (objective perturbation, its "
+        "default C = 1, seeded with `random_state` = the seed) is noise-dominated at these row counts; "
+        "with the same seed its noise has the same direction at every ε, so its predictions, and "
+        "accuracy, stay the same from ε = 0.5 to 8 (checked by hand on wine: about 0.3–0.4 up to ε = 8, "
+        "0.66–0.71 only at ε = 1000). The nss backend is binary-only (breast_cancer).",
+        "",
+        "Against the targets of issue #17: breast_cancer at ε = 1 is within "
+        f"{gap} points of the non-private ceiling in this table (rdp accountant; through the daemon "
+        "with its prv accountant a spot check reached the ceiling, 0.965 vs 0.965 on 114 unseen rows); "
+        "digits at ε = 1 is **not** at 0.95 (see the digits table; ≥ 0.95 needs features this host "
+        "does not have: the synthetic-font extractor of `bench/digit_extractor.py` was worse than "
+        "pixels, docs/preprocessing.md).",
         "",
     ]
     for name, r in results.items():
@@ -393,7 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="2 seeds, ε ∈ {1, 3}: a smoke run")
     p.add_argument("--out", default=str(REPO / "docs" / "utility.md"))
     p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--render", help="only re-render the document and plot from a --json file of one run")
     a = p.parse_args(argv)
+    if a.render:
+        saved = json.loads(Path(a.render).read_text())
+        eps_set = sorted({float(k.split("@")[1]) for r in saved["results"].values() for k in r["cells"] if "@" in k})
+        out = Path(a.out)
+        out.write_text(render(saved["results"], eps_set, saved["meta"]))
+        plot(saved["results"], eps_set, out.with_suffix(".png"))
+        return 0
     eps_list = [float(e) for e in a.eps.split(",")]
     seeds = a.seeds
     if a.quick:
