@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt plugins/pandacead_nss/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[opacus,syft,dev]' -e plugins/pandacead_nss
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[opacus,syft,dev,bench]' -e plugins/pandacead_nss
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -34,6 +34,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/utility.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check pandacead plugins tests bench

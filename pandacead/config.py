@@ -138,6 +138,9 @@ format = "auto"    # "auto" (JSON under systemd, text on a terminal) | "json" | 
 # delta_budget = 1e-5     # total δ (default: [budget] dataset_delta)
 # rows = 5000             # the PUBLIC row count DP-SGD plans with (the true count stays private)
 # public = false          # data is private unless declared public (then no budget applies; docs/privacy.md)
+# bounds = { age = [0, 120] }          # public bounds (or bounds = [low, high] for all);
+# categories = { smoker = ["no", "yes"] }  # declared values of text columns
+# classes = ["healthy", "ill"]         # see docs/preprocessing.md
 """
 
 
@@ -319,7 +322,8 @@ def _check(data: dict[str, Any], cfg: Path, where: Any = None) -> None:
 #: Keys a `[datasets.NAME]` table may have (pandacead.datasets and the dataset ledger read them).
 DATASET_KEYS = frozenset({
     "kind", "path", "label", "task", "holdout_fraction", "rows", "features", "seed", "n_classes",
-    "owner", "epsilon_budget", "delta_budget", "public", "bounds", "categories", "extractor", "description",
+    "owner", "epsilon_budget", "delta_budget", "public", "bounds", "categories", "classes", "extractor",
+    "input_shape", "description",
 })
 
 

@@ -39,6 +39,14 @@ Kinds of dataset (a spec is one ``[datasets.<name>]`` table of the config):
 * ``npz``: as above, but ``"features"`` and ``"label"`` name arrays (default
   ``"X"`` and ``"y"``). Loaded with ``allow_pickle=False``.
 
+Public declarations (`pandacead.preprocessing`, docs/preprocessing.md):
+``bounds``, ``categories``, ``classes``, ``extractor`` and, for npz,
+``input_shape``. With them, `load` returns rows clipped and scaled by the
+declared bounds (one-hot for declared categories, then the extractor's
+features), and ``info.n_features`` is the width of those rows; npz arrays may
+be images ``[n, h, w]`` / ``[n, c, h, w]`` (rows flattened, the shape in
+``info.source["input_shape"]``).
+
 Features must be numeric and finite. Classification labels may be numbers or
 strings; they are remapped to ``0..k-1`` in sorted order (the original labels
 are kept in ``info.source["classes"]``). Regression labels must be numeric.
@@ -59,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from pandacead import preprocessing
 from pandacead.errors import JobFailed, JobRejected
 from pandacead.trainers import DatasetInfo
 
@@ -315,8 +324,11 @@ def _parse_npz(name: str, data: bytes, spec: dict[str, Any]) -> tuple[np.ndarray
         raise _err(name, f"the npz file cannot be read: {exc}.") from None
     if X.ndim == 1:
         X = X.reshape(-1, 1)
-    if X.ndim != 2:
-        raise _err(name, f"array {xkey!r} must be 2-dimensional (rows × features), not {X.shape}.")
+    if X.ndim not in (2, 3, 4):
+        raise _err(
+            name,
+            f"array {xkey!r} must be rows × features, [n, h, w] or [n, c, h, w], not {X.shape}.",
+        )
     if y.ndim == 2 and y.shape[1] == 1:
         y = y.reshape(-1)
     if y.ndim != 1:
@@ -326,6 +338,43 @@ def _parse_npz(name: str, data: bytes, spec: dict[str, Any]) -> tuple[np.ndarray
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_):
         raise _err(name, f"array {xkey!r} is not numeric (dtype {X.dtype}).")
     return X.astype(np.float64), y
+
+
+def _row_shape(name: str, X: np.ndarray, spec: dict[str, Any]) -> list[int] | None:
+    """The per-row shape a CNN sees: declared ``input_shape``, else [1, h, w] / [c, h, w] from the array."""
+    declared = spec.get("input_shape")
+    if declared is not None:
+        ok = isinstance(declared, list) and len(declared) in (2, 3) and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in declared
+        )
+        if not ok or int(np.prod(declared)) != int(np.prod(X.shape[1:])):
+            raise _err(
+                name,
+                f"input_shape must be [c, length] or [c, h, w] with {int(np.prod(X.shape[1:]))} values "
+                f"per row, not {declared!r}.",
+            )
+        return [int(d) for d in declared]
+    if X.ndim == 3:
+        return [1, int(X.shape[1]), int(X.shape[2])]
+    if X.ndim == 4:
+        return [int(d) for d in X.shape[1:]]
+    return None
+
+
+def _string_columns(cols: dict[str, np.ndarray], features: list[str]) -> list[str]:
+    out = []
+    for f in features:
+        col = cols[f]
+        if col.dtype != object:
+            continue
+        for v in col:
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                if not (isinstance(v, str) and v.strip() == ""):
+                    out.append(f)
+                    break
+    return out
 
 
 def _table_arrays(
@@ -354,8 +403,15 @@ def _table_arrays(
     n = len(cols[label])
     X = np.empty((n, len(features)), dtype=np.float64)
     offset = 2 if csv_rows else 0  # CSV rows are numbered as in the file (header = row 1)
+    declared = spec.get("categories")
+    categories: dict[str, Any] = declared if isinstance(declared, dict) else {}
     for j, f in enumerate(features):
         col = cols[f]
+        if f in categories:  # declared values -> codes (-1: undeclared); preprocessing one-hots them
+            X[:, j] = preprocessing.encode_column(
+                {"categories": list(categories[f])}, list(col)
+            )
+            continue
         if col.dtype == object:
             col = _to_float_column(name, f, col, row_offset=offset)
         X[:, j] = col
@@ -377,10 +433,39 @@ def _check_features(name: str, X: np.ndarray, columns: list[str] | None, row_off
         )
 
 
+def _declared_labels(
+    name: str, y: np.ndarray, declared: list[Any], row_offset: int
+) -> tuple[np.ndarray, list[Any]]:
+    """Codes in the declared order; a label outside it is the earner's registration error."""
+    if not isinstance(declared, list) or len(declared) < 2 or len(declared) > MAX_CLASSES:
+        raise _err(name, f"classes must be a list of 2 to {MAX_CLASSES} label values, not {declared!r}.")
+    keys = [preprocessing.value_key(c) for c in declared]
+    if len(set(keys)) != len(keys):
+        raise _err(name, "classes repeats a value.")
+    index = {k: i for i, k in enumerate(keys)}
+    codes = np.empty(len(y), dtype=np.int64)
+    for i, v in enumerate(y):
+        code = index.get(preprocessing.value_key(v.item() if hasattr(v, "item") else v))
+        if code is None:
+            raise _err(
+                name,
+                f"the label at row {i + row_offset} is not one of the declared classes "
+                f"(classes = {keys[:10]}).",
+            )
+        codes[i] = code
+    return codes, list(declared)
+
+
 def _labels(
-    name: str, y: np.ndarray, task: str, row_offset: int = 0
+    name: str, y: np.ndarray, task: str, row_offset: int = 0, declared: list[Any] | None = None
 ) -> tuple[np.ndarray, list[Any] | None]:
-    """Classification: (codes 0..k-1 int64, classes). Regression: (float64, None)."""
+    """Classification: (codes 0..k-1 int64, classes). Regression: (float64, None).
+
+    With `declared` classes (public), codes follow that order and the data's
+    own set of labels is never published.
+    """
+    if task == "classification" and declared is not None:
+        return _declared_labels(name, y, declared, row_offset)
     if task == "regression":
         if y.dtype == object:
             y = _to_float_column(name, "label", y, row_offset=row_offset)
@@ -426,21 +511,48 @@ def _labels(
 
 
 def _parse_file(
-    name: str, kind: str, data: bytes, spec: dict[str, Any], task: str
+    name: str,
+    kind: str,
+    data: bytes,
+    spec: dict[str, Any],
+    task: str,
+    extras: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[Any] | None, list[str] | None]:
+    """(X float64 rows × raw features, y, classes, columns); `extras` gets input_shape."""
     columns: list[str] | None
+    extras = {} if extras is None else extras
     if kind == "npz":
         X, y_raw = _parse_npz(name, data, spec)
+        extras["input_shape"] = _row_shape(name, X, spec)
+        X = X.reshape(len(X), -1)
         columns = None
     elif kind == "csv":
         header, cols = _parse_csv(name, data, spec)
+        _refuse_text(name, spec, header, cols)
         X, y_raw, columns = _table_arrays(name, header, cols, spec, csv_rows=True)
     else:
         header, cols = _parse_parquet(name, data)
+        _refuse_text(name, spec, header, cols)
         X, y_raw, columns = _table_arrays(name, header, cols, spec, csv_rows=False)
     _check_features(name, X, columns, 2 if kind == "csv" else 0)
-    y, classes = _labels(name, y_raw, task, 2 if kind == "csv" else 0)
+    y, classes = _labels(name, y_raw, task, 2 if kind == "csv" else 0, spec.get("classes"))
     return X, y, classes, columns
+
+
+def _refuse_text(name: str, spec: dict[str, Any], header: list[str], cols: dict[str, np.ndarray]) -> None:
+    # A text column without declared categories: the earner's registration error, naming it.
+    label = spec.get("label")
+    feats = spec.get("features") or [h for h in header if h != label]
+    declared = spec.get("categories")
+    cats: dict[str, Any] = declared if isinstance(declared, dict) else {}
+    undeclared = [f for f in feats if isinstance(f, str) and f in cols and f not in cats]
+    text = _string_columns(cols, undeclared) if preprocessing.declared(spec) else []
+    if text:
+        raise _err(
+            name,
+            f"column {text[0]!r} holds text; declare its values (public) as categories = "
+            f"{{ {text[0]!r} = [\"a\", \"b\", …] }} in [datasets.{name}], or leave it out of 'features'.",
+        )
 
 
 def _file_task(name: str, spec: dict[str, Any]) -> str:
@@ -493,10 +605,42 @@ def describe(name: str, spec: dict[str, Any], base_dir: Path | str) -> DatasetIn
     if cached is not None:
         return cached
     data, fst = _read_bytes(name, path)
-    X, y, classes, columns = _parse_file(name, kind, data, spec, task)
+    extras: dict[str, Any] = {}
+    X, y, classes, columns = _parse_file(name, kind, data, spec, task, extras)
     n_rows, n_features = X.shape
     _check_split(name, n_rows, fraction)
+    # The transform comes from the spec alone (public declarations, used verbatim).
+    try:
+        pre = preprocessing.from_spec(
+            name, spec, columns, int(n_features), input_shape=extras.get("input_shape")
+        )
+    except preprocessing.PreprocessingError as exc:
+        raise _err(name, str(exc).split(": ", 1)[-1]) from None
     source = {"kind": kind, "path": spec["path"], "bytes": len(data)}
+    if extras.get("input_shape") is not None:
+        source["input_shape"] = extras["input_shape"]
+    if pre is not None:
+        if "extractor" in spec:
+            from pandacead import extractors
+
+            try:
+                pre["extractor"] = extractors.describe(
+                    name, spec["extractor"], base_dir, preprocessing.output_dim(pre)
+                )
+            except extractors.ExtractorError as exc:
+                raise _err(name, str(exc)) from None
+            n_features = pre["extractor"]["output_dim"]
+        else:
+            n_features = preprocessing.output_dim(pre)
+        source["preprocessing"] = pre
+        if "categories" in spec:
+            source["categories"] = {k: list(v) for k, v in spec["categories"].items()}
+        if "classes" in spec:
+            source["declared_classes"] = True
+        elif task == "classification":
+            source["notice"] = preprocessing.undeclared_classes_notice(name)
+    else:
+        source["unbounded"] = preprocessing.unbounded_notice(name, columns)
     if kind == "npz":
         source["features"] = spec.get("features", "X")
         source["label"] = spec.get("label", "y")
@@ -592,12 +736,25 @@ def load(
         spec = {"label": src.get("label"), "features": src.get("features")}
         if kind == "npz":
             spec = {"label": src.get("label", "y"), "features": src.get("features", "X")}
+            if src.get("input_shape") is not None:
+                spec["input_shape"] = src["input_shape"]
+        if "categories" in src:
+            spec["categories"] = src["categories"]
+        if src.get("declared_classes"):
+            spec["classes"] = src["classes"]
         try:
             X64, y, classes, _ = _parse_file(name, kind, data, spec, info.task)
         except DatasetError as exc:
             raise JobFailed(exc.message, exc.details) from None
         if info.task == "classification" and "classes" in src and classes != src["classes"]:
             raise JobFailed(f"Dataset {name!r}: its classes differ from the registered ones.")
+        pre = src.get("preprocessing")
+        if pre is not None:
+            X64 = preprocessing.transform(pre, X64, codes=True).astype(np.float64)
+            if pre.get("extractor"):
+                from pandacead import extractors
+
+                X64 = extractors.apply(pre["extractor"], X64, base_dir)
         X = X64.astype(np.float32)
     else:
         raise JobFailed(f"Dataset {name!r} has an unknown kind {kind!r}.")

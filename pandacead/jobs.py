@@ -44,6 +44,8 @@ class DPParams:
 class ModelSpec:
     type: str = "linear"
     hidden: tuple[int, ...] = ()
+    channels: tuple[int, ...] = ()  # cnn only
+    kernel: int = 3  # cnn only
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,15 @@ class Job:
     quote: str | None = None  # "sha256:<hex>" of a quote this host issued (pandacead.quote)
     #: Private hyperparameter search (schema `search`; see pandacead_opacus.search), or None.
     search: dict[str, Any] | None = None
+    #: Training settings the job left out ("epochs", "batch_size", "learning_rate"):
+    #: a backend may fill them with defaults for the model family (opacus does
+    #: for datasets with declared bounds, `pandacead_opacus.defaults`).
+    defaulted: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["model"]["hidden"] = list(self.model.hidden)
+        d["model"]["channels"] = list(self.model.channels)
         return d
 
     @classmethod
@@ -77,7 +84,9 @@ class Job:
         d["dp"] = DPParams(**d.get("dp", {}))
         m = dict(d.get("model", {}))
         m["hidden"] = tuple(m.get("hidden", ()))
+        m["channels"] = tuple(m.get("channels", ()))
         d["model"] = ModelSpec(**m)
+        d["defaulted"] = tuple(d.get("defaulted", ()))
         return cls(**d)
 
 
@@ -267,6 +276,10 @@ def validate(raw: Any, *, default_user: str | None = None) -> Job:
         model = raw.get("model")
         if isinstance(model, dict) and model.get("type", "linear") == "linear" and model.get("hidden"):
             violations.append("model.hidden: a linear model has no hidden layers")
+        if isinstance(model, dict) and model.get("type", "linear") != "cnn":
+            for key in ("channels", "kernel"):
+                if key in model:
+                    violations.append(f"model.{key}: only a cnn has {key}")
         for key in ("job_id", "user_id", "dataset", "backend"):
             value = raw.get(key)
             if isinstance(value, str) and value.endswith("\n"):
@@ -301,7 +314,9 @@ def validate(raw: Any, *, default_user: str | None = None) -> Job:
         ),
         accountant=dp_raw.get("accountant"),
     )
+    defaulted = tuple(k for k in ("epochs", "batch_size", "learning_rate") if k not in raw)
     return Job(
+        defaulted=defaulted,
         job_id=raw["job_id"],
         user_id=raw["user_id"],
         dataset=raw.get("dataset", "synthetic"),
@@ -312,7 +327,12 @@ def validate(raw: Any, *, default_user: str | None = None) -> Job:
         learning_rate=float(raw.get("learning_rate", 0.01)),
         seed=int(raw.get("seed", 42)),
         backend=raw.get("backend"),
-        model=ModelSpec(type=model_raw.get("type", "linear"), hidden=tuple(model_raw.get("hidden", ()))),
+        model=ModelSpec(
+            type=model_raw.get("type", "linear"),
+            hidden=tuple(model_raw.get("hidden", ())),
+            channels=tuple(model_raw.get("channels", ())),
+            kernel=int(model_raw.get("kernel", 3)),
+        ),
         quote=raw.get("quote"),
         search=raw.get("search"),
     )

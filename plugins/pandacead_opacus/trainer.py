@@ -24,7 +24,7 @@ from pandacead.trainers import (
     TrainResult,
 )
 
-from . import models
+from . import defaults, models
 from .privacy import ACCOUNTANTS, RDP_ORDERS
 
 __all__ = ["OpacusTrainer", "RDP_ORDERS"]
@@ -111,6 +111,34 @@ def check_secure_mode(ctx: TrainerContext) -> None:
         raise JobRejected(SECURE_MODE_UNAVAILABLE, [f"torchcsprng: {type(exc).__name__}: {exc}"]) from None
 
 
+def check_extractor(info: DatasetInfo, ctx: TrainerContext) -> None:
+    """Refuse, before any data is read, a job whose dataset's extractor is not the pinned file."""
+    from pandacead import extractors
+
+    ext = (info.source.get("preprocessing") or {}).get("extractor")
+    if not ext:
+        return
+    try:
+        extractors.verify(ext, ctx.options.get("home") or ".")
+    except extractors.ExtractorError as exc:
+        raise JobRejected(
+            f"Dataset {info.name!r}: its feature extractor is not the pinned file ({exc}).",
+            [f"extractor: {exc}"],
+        ) from None
+
+
+def released_preprocessing(info: DatasetInfo) -> dict[str, Any] | None:
+    """The public preprocessing a released model carries (the extractor's local path left out)."""
+    pre = info.source.get("preprocessing")
+    if not pre:
+        return None
+    pre = dict(pre)
+    if pre.get("extractor"):
+        pre["extractor"] = {k: v for k, v in pre["extractor"].items() if k != "path"}
+    pre["classes"] = info.source.get("classes")
+    return pre
+
+
 def check_ready(job: Job, plan: PrivacyPlan, ctx: TrainerContext) -> DatasetInfo:
     """What must still hold when training starts (shared with the syft backend)."""
     info = ctx.dataset(job)
@@ -190,11 +218,14 @@ class OpacusTrainer:
         from . import privacy
 
         info = ctx.dataset(job)  # description only; no data is read
+        job, family_defaults = defaults.with_defaults(job, info)
         dp = job.dp
         if not dp.enabled:
             raise JobRejected("The opacus backend only runs jobs with differential privacy enabled.")
         accountant = _accountant(job, ctx)
         check_secure_mode(ctx)
+        pre = info.source.get("preprocessing")
+        input_shape = info.source.get("input_shape") if not (pre and pre.get("extractor")) else None
         try:
             arch = models.architecture(
                 model_type=job.model.type,
@@ -202,9 +233,14 @@ class OpacusTrainer:
                 n_features=info.n_features,
                 task=info.task,
                 n_classes=info.n_classes,
+                input_shape=input_shape,
+                channels=list(job.model.channels),
+                kernel=job.model.kernel,
             )
         except ValueError as exc:
             raise JobRejected(f"The job's model cannot be built: {exc}.", [f"model: {exc}"]) from None
+        if pre and pre.get("extractor"):
+            check_extractor(info, ctx)
 
         # The PUBLIC count (true n for public data, the earner's declared rows otherwise):
         # under add/remove neighbours the true n is private and may shape nothing released.
@@ -242,9 +278,11 @@ class OpacusTrainer:
             "n_classes": info.n_classes,
             "n_features": info.n_features,
             "architecture": arch,
+            "input_shape": input_shape,
             "grad_sample_mode": mode,
             "secure_mode": bool(ctx.secure_mode),
             "requested_epsilon": dp.epsilon,
+            "family_defaults": family_defaults,
             "steps_per_epoch": sched["steps_per_epoch"],
             "expected_batch_size": sched["expected_batch_size"],
             "schedule": (
@@ -275,6 +313,14 @@ class OpacusTrainer:
             ) from None
         if eps_error is not None:
             details["prv_eps_error"] = eps_error
+        if pre is not None:
+            details["preprocessing"] = released_preprocessing(info)
+            # Declared bounds cost nothing: no statistic of the data is read.
+            details["preprocessing_epsilon"] = 0.0
+            if info.source.get("notice"):
+                details["notice"] = info.source["notice"]
+        elif info.source.get("unbounded"):
+            details["notice"] = info.source["unbounded"]
         plan = PrivacyPlan(
             epsilon=float(eps),
             delta=float(dp.delta),
@@ -334,6 +380,7 @@ class OpacusTrainer:
         from .training import train_arrays
 
         info = check_ready(job, plan, ctx)
+        job, _ = defaults.with_defaults(job, info)
         base_dir = ctx.options.get("home") or "."
         progress(dict(DATA_LOADED))  # from here on the job is charged whatever happens
         X_train, y_train, X_test, y_test = datasets.load(info, base_dir)
@@ -377,4 +424,20 @@ class OpacusTrainer:
             cuda_memory_fraction=fraction,
         )
         result["provenance"]["backend"] = "opacus"
+        attach_released_preprocessing(result, info, base_dir)
         return TrainResult(**result)
+
+
+def attach_released_preprocessing(result: dict[str, Any], info: DatasetInfo, base_dir: str) -> None:
+    """Embed the dataset's public preprocessing (and extractor) into the released model."""
+    from pandacead import extractors
+
+    pre = released_preprocessing(info)
+    if pre is None:
+        return
+    ext = (info.source.get("preprocessing") or {}).get("extractor")
+    ext_bytes = extractors.read_bytes(ext, base_dir) if ext else None
+    result["model"] = models.attach_preprocessing(result["model"], pre, ext_bytes)
+    result["training_params"]["preprocessing"] = pre
+    if ext:
+        result["provenance"]["extractor_sha256"] = ext["sha256"]

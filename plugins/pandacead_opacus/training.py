@@ -203,6 +203,9 @@ def job_architecture(job: dict[str, Any], details: dict[str, Any], n_features: i
         n_features=n_features,
         task=details.get("task", job.get("task", "classification")),
         n_classes=details.get("n_classes"),
+        input_shape=details.get("input_shape"),
+        channels=list(m.get("channels") or []),
+        kernel=int(m.get("kernel", 3)),
     )
 
 

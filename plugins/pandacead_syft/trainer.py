@@ -42,9 +42,11 @@ class SyftTrainer:
     def train(
         self, job: Job, plan: PrivacyPlan, ctx: TrainerContext, progress: Progress
     ) -> TrainResult:
+        from pandacead_opacus import defaults
         from pandacead_opacus.trainer import check_ready
 
         info = check_ready(job, plan, ctx)
+        job, _ = defaults.with_defaults(job, info)  # as the opacus plan did
         runs = RunRecord(Path(ctx.state_dir) / "syft" / "runs.sqlite")
         code_name = datasite.code_name_for(job.job_id)
         # Early, before any syft work; `claim` below is the atomic check.
@@ -101,6 +103,9 @@ class SyftTrainer:
                 f"Training job {job.job_id!r} failed inside the syft datasite: {error}", details
             )
         runs.finish(job.job_id, "executed")
+        from pandacead_opacus.trainer import attach_released_preprocessing
+
+        attach_released_preprocessing(outcome["result"], info, ctx.options.get("home") or ".")
         result = _to_train_result(outcome["result"], site, ids, timings)
         if result.epsilon > plan.epsilon * (1 + 1e-9):
             raise JobFailed(
