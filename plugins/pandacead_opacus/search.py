@@ -83,6 +83,7 @@ def candidate_job(job: Job, cfg: dict[str, Any], lr: float, clip: float, sigma: 
     """The plain job one candidate trains (its own hyperparameters, the search's σ)."""
     d = job.to_dict()
     d.pop("search", None)
+    d["defaulted"] = []  # the candidate's own hyperparameters, never a family default
     d["batch_size"] = int(cfg["batch_size"])
     d["epochs"] = int(cfg["epochs"])
     d["learning_rate"] = float(lr)
