@@ -87,7 +87,7 @@ def candidate_job(job: Job, cfg: dict[str, Any], lr: float, clip: float, sigma: 
     d["batch_size"] = int(cfg["batch_size"])
     d["epochs"] = int(cfg["epochs"])
     d["learning_rate"] = float(lr)
-    d["model"] = {"type": job.model.type, "hidden": list(cfg["hidden"])}
+    d["model"] = {**d["model"], "hidden": list(cfg["hidden"])}
     d["dp"] = {**d["dp"], "clip": float(clip), "noise_multiplier": float(sigma)}
     return Job.from_dict(d)
 
