@@ -133,7 +133,9 @@ def register(home: Path, name: str, data: dict[str, Any], rows: np.ndarray) -> A
     from pandacead import datasets
 
     X, y = data["X"][rows], data["y"][rows]
-    spec: dict[str, Any] = {"task": "classification", "bounds": data["bounds"], "classes": data["classes"]}
+    # The earner declares the public row count it plans with (the true count of private data stays private).
+    spec: dict[str, Any] = {"task": "classification", "bounds": data["bounds"], "classes": data["classes"],
+                            "rows": int(len(rows))}
     if data["kind"] == "csv":
         cols = [c.replace(",", " ") for c in data["columns"]]
         labels = [data["classes"][int(t)] for t in y]
