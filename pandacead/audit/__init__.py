@@ -14,6 +14,24 @@ See docs/audit.md.
 
 from __future__ import annotations
 
-from .runner import METHODS, STATISTICS, AuditError, AuditReport, AuditSettings, WorkerTrainer, run_audit
+from .runner import (
+    METHODS,
+    STATISTICS,
+    AuditError,
+    AuditReport,
+    AuditSettings,
+    WorkerTrainer,
+    audit_backend,
+    run_audit,
+)
 
-__all__ = ["METHODS", "STATISTICS", "AuditError", "AuditReport", "AuditSettings", "WorkerTrainer", "run_audit"]
+__all__ = [
+    "METHODS",
+    "STATISTICS",
+    "AuditError",
+    "AuditReport",
+    "AuditSettings",
+    "WorkerTrainer",
+    "audit_backend",
+    "run_audit",
+]

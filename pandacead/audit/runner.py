@@ -398,3 +398,50 @@ def _one_run(trainer: Any, settings: AuditSettings, base: TrainerContext | None,
         parameters=_parameters(settings, job, plan, norm, info.n_train),
         scores={"included": [float(v) for v in s[included]], "excluded": [float(v) for v in s[~included]]},
     )
+
+
+# --------------------------------------------------------------------------- a backend of a home
+
+
+def audit_backend(
+    home: str | Path | None,
+    backend: str | None,
+    settings: AuditSettings,
+    *,
+    progress: Progress | None = None,
+    workdir: str | Path | None = None,
+) -> AuditReport:
+    """Audit the backend `backend` (default: the home's default) as the home's daemon would run it.
+
+    Plugins and trainer options come from the home's config; an isolated
+    backend runs in a worker process. The home's datasets and ledger are never
+    read: the audit trains on its own public synthetic data and charges nothing.
+    """
+    from pandacead.config import load_settings
+    from pandacead.default_selection import default_backend
+    from pandacead.plugins import load_plugins
+
+    s = load_settings(home)
+    trainers = load_plugins(s).trainers
+    name = backend or default_backend(trainers, s)
+    trainer = trainers.get(name)
+    if trainer is None:
+        known = ", ".join(sorted(trainers)) or "none"
+        raise AuditError(f"Backend {name!r} is not available on this host (available: {known}).")
+    t = s.trainer
+    base = TrainerContext(
+        datasets={},
+        state_dir=str(s.state),
+        torch_threads=1,
+        accountant=str(t.get("accountant", "prv")),
+        grad_sample_mode=str(t.get("grad_sample_mode", "auto")),
+        secure_mode=bool(t.get("secure_mode", False)),
+        max_steps=int(t.get("max_steps", 200_000)),
+        options=dict(t.get("options") or {}),
+    )
+    runner: Any = WorkerTrainer(name, s.home) if getattr(trainer, "isolated", False) else trainer
+    try:
+        return run_audit(runner, settings, ctx=base, workdir=workdir, progress=progress)
+    finally:
+        if isinstance(runner, WorkerTrainer):
+            runner.close()
