@@ -137,7 +137,7 @@ def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
         return 1.0
     if k == 0:  # closed form
         return 1.0 - alpha ** (1.0 / n)
-    return float(_cp_upper_table(int(n), float(alpha))[k])
+    return float(_cp_upper_vec(np.array([k]), int(n), float(alpha))[0])
 
 
 def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
@@ -213,7 +213,32 @@ def many_runs_max(n_out: int, n_in: int, delta: float, confidence: float = 0.95)
     return _cp_epsilon(0, 0, n_out, n_in, 1.0 - confidence, delta)
 
 
+def _cp_upper_vec(k: np.ndarray, n: int, alpha: float) -> np.ndarray:
+    """`clopper_pearson_upper` for an array of success counts."""
+    k = np.asarray(k, dtype=np.int64)
+    try:  # scipy (the dev extra, and a dependency of syft) is much faster for large n
+        from scipy.special import betaincinv
+    except ImportError:
+        table = _cp_upper_table(int(n), float(alpha)).copy()
+        table[0] = 1.0 - alpha ** (1.0 / n)
+        return table[k]
+    kk = np.minimum(k, n - 1)
+    out = betaincinv(kk + 1.0, float(n) - kk, 1.0 - alpha)
+    out = np.where(k == 0, 1.0 - alpha ** (1.0 / n), out)
+    return np.where(k >= n, 1.0, out)
+
+
+def _eps_vec(fpr: np.ndarray, fnr: np.ndarray, delta: float) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(fpr > 0, np.log(np.maximum(1.0 - delta - fnr, 1e-300) / fpr), np.inf)
+        a = np.where(1.0 - delta - fnr > 0, a, 0.0)
+        b = np.where(fnr > 0, np.log(np.maximum(1.0 - delta - fpr, 1e-300) / fnr), np.inf)
+        b = np.where(1.0 - delta - fpr > 0, b, 0.0)
+    return np.maximum(0.0, np.maximum(a, b))
+
+
 def _best_rule(out: np.ndarray, inn: np.ndarray, alpha: float, delta: float) -> tuple[float, str, float]:
+    """The threshold test with the best Clopper–Pearson bound on these runs (used on the calibration share)."""
     values = np.unique(np.concatenate([out, inn]))
     if len(values) == 1:
         return float(values[0]), "high", 0.0
@@ -228,10 +253,10 @@ def _best_rule(out: np.ndarray, inn: np.ndarray, alpha: float, delta: float) -> 
         else:
             fps = np.searchsorted(so, cands, side="right")
             fns = len(si) - np.searchsorted(si, cands, side="right")
-        for t, fp, fn in zip(cands, fps, fns):
-            e = _cp_epsilon(int(fp), int(fn), len(out), len(inn), alpha, delta)
-            if e > best[2]:
-                best = (float(t), direction, e)
+        eps = _eps_vec(_cp_upper_vec(fps, len(so), alpha / 2), _cp_upper_vec(fns, len(si), alpha / 2), delta)
+        i = int(np.argmax(eps))
+        if eps[i] > best[2]:
+            best = (float(cands[i]), direction, float(eps[i]))
     return best
 
 

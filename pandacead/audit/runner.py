@@ -111,6 +111,11 @@ class AuditReport:
         """True when the lower bound exceeds the claim: proof (at `confidence`) of a privacy bug."""
         return self.epsilon_lower > self.epsilon_claimed
 
+    @property
+    def conclusive(self) -> bool:
+        """False when even a perfect attack could not show ε̂ above the claim with these runs."""
+        return self.epsilon_max > self.epsilon_claimed
+
     def to_dict(self, with_scores: bool = False) -> dict[str, Any]:
         d = {
             "backend": self.backend,
@@ -123,6 +128,7 @@ class AuditReport:
             "epsilon_max": self.epsilon_max,
             "tightness": self.epsilon_lower / self.epsilon_claimed if self.epsilon_claimed > 0 else None,
             "violated": self.violated,
+            "conclusive": self.conclusive,
             "confidence": self.confidence,
             "delta": self.delta,
             "runs": self.runs,
@@ -139,11 +145,15 @@ class AuditReport:
     def summary(self) -> str:
         lo, hi = self.epsilon_interval
         hi_text = "∞" if hi is None else f"{hi:.3f}"
-        verdict = (
-            f"VIOLATION: ε̂ = {self.epsilon_lower:.3f} > claimed ε = {self.epsilon_claimed:.3f}"
-            if self.violated
-            else f"consistent: ε̂ = {self.epsilon_lower:.3f} ≤ claimed ε = {self.epsilon_claimed:.3f}"
-        )
+        if self.violated:
+            verdict = f"VIOLATION: ε̂ = {self.epsilon_lower:.3f} > claimed ε = {self.epsilon_claimed:.3f}"
+        elif not self.conclusive:
+            verdict = (
+                f"INCONCLUSIVE: {self.runs} run(s) cannot certify more than ε̂ = {self.epsilon_max:.3f}, "
+                f"not above the claimed ε = {self.epsilon_claimed:.3f}; audit with more runs"
+            )
+        else:
+            verdict = f"consistent: ε̂ = {self.epsilon_lower:.3f} ≤ claimed ε = {self.epsilon_claimed:.3f}"
         return "\n".join(
             [
                 f"backend {self.backend}: {verdict}",
@@ -243,12 +253,24 @@ def _train(trainer: Any, job: Job, plan: PrivacyPlan, ctx: TrainerContext) -> An
         raise AuditError(f"Backend {trainer.name!r} failed audit run {job.job_id!r}: {exc.message}") from None
 
 
-def _scorer(settings: AuditSettings, score: Callable[..., Any] | None) -> Callable[[bytes, np.ndarray, np.ndarray, list[int]], np.ndarray]:
-    if score is not None:
-        return lambda model, X, y, cols: np.asarray(score(model, X, y), dtype=np.float64).reshape(-1)
-    if settings.statistic == "weight":
-        return lambda model, X, y, cols: canaries.white_box_scores(model, cols, y)
-    return lambda model, X, y, cols: canaries.margins(canaries.model_logits(model, X), y)
+def _scorer(settings: AuditSettings, score: Callable[..., Any] | None, name: str) -> Callable[[bytes, np.ndarray, np.ndarray, list[int]], np.ndarray]:
+    def raw(model: bytes, X: np.ndarray, y: np.ndarray, cols: list[int]) -> np.ndarray:
+        if score is not None:
+            return np.asarray(score(model, X, y), dtype=np.float64).reshape(-1)
+        if settings.statistic == "weight":
+            return canaries.white_box_scores(model, cols, y)
+        return canaries.margins(canaries.model_logits(model, X), y)
+
+    def scored(model: bytes, X: np.ndarray, y: np.ndarray, cols: list[int]) -> np.ndarray:
+        try:
+            s = raw(model, X, y, cols)
+        except (ValueError, KeyError) as exc:
+            raise AuditError(f"The audit cannot score the models of backend {name!r}: {exc}.") from None
+        if len(s) != len(X):
+            raise AuditError(f"The audit's statistic for backend {name!r} gave {len(s)} scores for {len(X)} canaries.")
+        return s
+
+    return scored
 
 
 def run_audit(
@@ -271,7 +293,7 @@ def run_audit(
     settings.check()
     progress = progress or (lambda event: None)
     rng = np.random.default_rng(settings.seed if settings.seed is not None else secrets.randbits(128))
-    scorer = _scorer(settings, score)
+    scorer = _scorer(settings, score, getattr(trainer, "name", "?"))
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pandacead-audit-", dir=workdir) as tmp:
         scratch = Path(tmp)
