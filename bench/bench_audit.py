@@ -26,9 +26,9 @@ END = "<!-- bench_audit:end -->"
 
 def measure(runs: int, canaries: int, epsilons: list[float]) -> list[dict]:
     import torch
+    from pandacead_opacus.trainer import OpacusTrainer
 
     from pandacead.audit import AuditSettings, run_audit
-    from pandacead_opacus.trainer import OpacusTrainer
 
     torch.set_num_threads(1)
     rows = []
@@ -56,7 +56,7 @@ def section(rows: list[dict], seconds: float) -> str:
         BEGIN,
         "## Privacy audit: cost and tightness (bench/bench_audit.py)",
         "",
-        f"`pandacead.audit` on the opacus backend, in process, one torch thread, PRV accountant, one",
+        "`pandacead.audit` on the opacus backend, in process, one torch thread, PRV accountant, one",
         f"full-batch DP-SGD step per run, δ = 1e-5, 95 % confidence; measured {when} in {seconds:.0f} s",
         f"(load average {os.getloadavg()[0]:.2f} at the end; the machine is shared, so seconds are indicative).",
         "Tightness is ε̂ / claimed ε: a sound trainer stays below 1; what is reachable is capped by the",

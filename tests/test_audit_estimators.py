@@ -56,12 +56,12 @@ def test_many_runs_bound_approaches_the_exact_epsilon_as_trials_grow():
     exact = est.gaussian_epsilon(mu, delta)  # 4.38
     rng = np.random.default_rng(7)
     means = []
-    for n in (100, 1000, 10_000, 100_000):
+    for n in (100, 1000, 30_000):
         means.append(np.mean([est.many_runs_bound(*gaussian_runs(mu, n, rng), delta=delta).epsilon_lower
                               for _ in range(3)]))
     assert all(a < b for a, b in zip(means, means[1:])), means
     assert means[-1] <= exact
-    assert means[-1] >= 0.5 * exact, means  # ≈ 2.5 of 4.38 with 10⁵ runs per side
+    assert means[-1] >= 0.4 * exact, means  # ≈ 2.1 of 4.38 with 3·10⁴ runs per side (2.7 with 10⁵)
 
 
 def test_a_mechanism_without_noise_gives_exactly_the_most_the_runs_can_certify():
@@ -113,7 +113,7 @@ def test_one_run_bound_grows_with_canaries():
 
 
 def test_one_run_p_value_is_randomized_response_tail_without_delta():
-    # Steinke et al. 2023, Theorem 3 with δ = 0: P[Binomial(r, e^ε/(1+e^ε)) ≥ v]
+    # Steinke et al. 2023, main theorem with δ = 0: P[Binomial(r, e^ε/(1+e^ε)) ≥ v]
     q = 1 / (1 + math.exp(-1.0))
     tail = sum(math.comb(20, j) * q**j * (1 - q) ** (20 - j) for j in range(17, 21))
     assert est.one_run_p_value(100, 20, 17, 1.0, 0.0) == pytest.approx(tail)

@@ -22,7 +22,7 @@ Two estimators:
   the others (`many_runs_bound`).
 
 * **one run** (Steinke, Nasr & Jagielski 2023, "Privacy Auditing with One (1)
-  Training Run", Theorem 3 and its Algorithm): m canaries, each included
+  Training Run", its main theorem and p-value algorithm): m canaries, each included
   independently with probability 1/2, one training run; the auditor guesses
   "in" for the k₊ highest scores and "out" for the k₋ lowest (r = k₊ + k₋
   guesses) and counts the correct guesses W. For an (ε, δ)-DP mechanism
@@ -321,7 +321,7 @@ def many_runs_bound(
 
 
 def one_run_p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
-    """Steinke, Nasr & Jagielski 2023, Theorem 3: P[≥ v correct of r guesses] under (ε, δ)-DP."""
+    """Steinke, Nasr & Jagielski 2023, main theorem: a bound on P[≥ v correct of r guesses] under (ε, δ)-DP."""
     if not 0 <= v <= r <= m:
         raise ValueError(f"need 0 ≤ v ≤ r ≤ m, got v={v}, r={r}, m={m}")
     q = 1.0 / (1.0 + math.exp(-epsilon))
