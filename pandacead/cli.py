@@ -1563,6 +1563,72 @@ def config_check(home: str | None, as_json: bool) -> None:
         click.echo(f"pandacead: {result['error']}", err=True)
     sys.exit(0 if result["ok"] else 1)
 
+# -- audit ---------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--backend", help="The backend to audit. Default: the home's default backend.")
+@click.option("--epsilon", type=float, default=1.0, show_default=True, help="The ε the audit jobs ask for.")
+@click.option("--delta", type=float, default=1e-5, show_default=True, help="The δ the audit jobs ask for.")
+@click.option("--runs", type=int, default=200, show_default=True,
+              help="Training runs (many-runs: half without the canary, half with it).")
+@click.option("--method", type=click.Choice(["many-runs", "one-run"]), default="many-runs", show_default=True,
+              help="many-runs: Clopper-Pearson test over repeated runs; one-run: many canaries in one run.")
+@click.option("--canaries", type=int, default=500, show_default=True, help="Canaries of a one-run audit.")
+@click.option("--statistic", type=click.Choice(["loss", "weight"]), default="loss", show_default=True,
+              help="loss: the model's loss on the canary (black-box); weight: the canary's own weight (white-box).")
+@click.option("--epochs", type=int, default=1, show_default=True, help="Full-batch DP steps per run.")
+@click.option("--confidence", type=float, default=0.95, show_default=True)
+@click.option("--time-limit", type=float, help="Stop starting runs after this many seconds (the bound uses the runs done).")
+@click.option("--seed", type=int, help="Seed the audit's own randomness (canaries, noise seeds) to repeat an audit.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write audit.json, audit.txt and audit.png here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def audit(home: str | None, backend: str | None, epsilon: float, delta: float, runs: int, method: str,
+          canaries: int, statistic: str, epochs: int, confidence: float, time_limit: float | None,
+          seed: int | None, out_dir: str | None, as_json: bool) -> None:
+    """Empirical privacy audit: a lower bound ε̂ on a backend's real privacy loss, next to the ε it claims.
+
+    Trains the backend many times on a small public synthetic dataset with
+    and without a canary (or once with many canaries) and turns how well the
+    canary can be detected into a lower bound ε̂ at the given confidence
+    (docs/audit.md). ε̂ above the claimed ε proves a privacy bug: the exit
+    code is then 3. Nothing is charged; the home's datasets are never read.
+    """
+    from pandacead.audit import AuditError, AuditSettings, audit_backend
+    from pandacead.audit.report import write_report
+
+    settings = AuditSettings(epsilon=epsilon, delta=delta, method=method, runs=runs, canaries=canaries,
+                             statistic=statistic, epochs=epochs, confidence=confidence,
+                             time_limit=time_limit, seed=seed)
+    tty = sys.stderr.isatty()
+    last = [0.0]
+
+    def progress(event: dict[str, Any]) -> None:
+        now = time.monotonic()
+        done, total = event.get("run"), event.get("runs")
+        if tty or done == total or now - last[0] > 5:
+            last[0] = now
+            click.echo(f"\raudit: run {done}/{total}, {event.get('elapsed')} s", err=True, nl=not tty)
+
+    try:
+        report = audit_backend(home, backend, settings, progress=progress)
+    except AuditError as exc:
+        raise click.ClickException(str(exc)) from None
+    if tty:
+        click.echo("", err=True)
+    if out_dir:
+        write_report(report, out_dir)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        click.echo(report.summary())
+        for kind, path in report.files.items():
+            click.echo(f"  {kind}: {path}")
+    if report.violated:
+        sys.exit(3)
+
+
 
 def main() -> None:
     try:

@@ -40,6 +40,13 @@ Contexts get their per-job noise seed as the pipeline gives it
 For pytest, subclass `TrainerContract` in a test module and provide the
 fixtures `trainer`, `job` and `ctx`: each check becomes its own test.
 
+Empirical privacy (docs/audit.md): `check_audit(trainer)` runs a small
+canary audit (a minute or so on one core for a DP-SGD trainer) and fails if
+the lower bound ε̂ exceeds the ε the trainer claims; `check_audit_detects`
+is its companion, showing the same audit catches a deliberately broken
+variant (by default `buyer_seeded_noise(trainer)`: noise seeded from the
+buyer's `job.seed`).
+
 Trainers must read training data only through `pandacead.datasets.load`
 (called as an attribute of the module, or imported by name: both are
 patched), so that "plan touches no data" can be verified.
@@ -76,6 +83,9 @@ CONTRACT_NOISE_KEY = b"pandacead-contract-check-noise-key"
 __all__ = [
     "DataTouched",
     "TrainerContract",
+    "buyer_seeded_noise",
+    "check_audit",
+    "check_audit_detects",
     "check_deterministic",
     "check_model",
     "check_plan",
@@ -496,3 +506,111 @@ class TrainerContract:
         plan = check_plan(trainer, job, ctx)
         first, _ = check_train(trainer, job, plan, ctx)
         check_deterministic(trainer, job, plan, ctx, first)
+
+
+# --------------------------------------------------------------------------- empirical privacy
+
+
+#: Training runs of the gate: 80 without and 80 with the canary. Half of each
+#: choose the test; the other 40 + 40 can certify at most ε̂ = 2.34 (95 %).
+AUDIT_RUNS = 160
+
+
+def _audit_settings(epsilon: float, runs: int, seed: int | None, settings: dict[str, Any]) -> Any:
+    from pandacead.audit import AuditSettings
+
+    return AuditSettings(epsilon=epsilon, runs=runs, seed=seed, **settings)
+
+
+def check_audit(
+    trainer: Any,
+    ctx: TrainerContext | None = None,
+    *,
+    epsilon: float = 1.0,
+    runs: int = AUDIT_RUNS,
+    seed: int | None = None,
+    score: Any = None,
+    **settings: Any,
+) -> Any:
+    """Audit `trainer` at `epsilon`; AssertionError if the lower bound ε̂ exceeds the ε it claims.
+
+    `ctx` gives the trainer's options (its datasets are replaced by the audit's
+    public synthetic data); `settings` are further `pandacead.audit.AuditSettings`
+    fields (method, statistic, epochs, model, …); `score(model_bytes, X, y)`
+    is the test statistic for a model format the audit cannot read. Returns the report.
+    """
+    from pandacead.audit import run_audit
+
+    report = run_audit(trainer, _audit_settings(epsilon, runs, seed, settings), ctx=ctx, score=score)
+    if not report.conclusive:
+        raise _fail(
+            trainer,
+            f"the privacy audit cannot certify more than ε̂ = {report.epsilon_max:.3f} with {report.runs} runs, "
+            f"not above the claimed ε = {report.epsilon_claimed:.3f}: such a gate cannot fail; use more runs",
+        )
+    if report.violated:
+        raise _fail(
+            trainer,
+            f"the privacy audit shows ε ≥ {report.epsilon_lower:.3f} ({report.confidence:.0%} confidence), "
+            f"above the claimed ε = {report.epsilon_claimed:.3f}: the trainer leaks more than it accounts for "
+            f"({report.runs} runs, {report.test.get('false_positives')} false positives and "
+            f"{report.test.get('false_negatives')} false negatives on {report.test.get('evaluation_out')} + "
+            f"{report.test.get('evaluation_in')} evaluation runs)",
+        )
+    return report
+
+
+class _BuyerSeededNoise:
+    """`trainer` with its secret noise seed replaced by the buyer's `job.seed` (a deliberate bug)."""
+
+    def __init__(self, trainer: Any):
+        self.inner = trainer
+        self.name = getattr(trainer, "name", "broken")
+        self.isolated = getattr(trainer, "isolated", False)
+
+    def plan(self, job: Job, ctx: TrainerContext) -> PrivacyPlan:
+        return self.inner.plan(job, ctx)
+
+    def train(self, job: Job, plan: PrivacyPlan, ctx: TrainerContext, progress: Any) -> TrainResult:
+        broken = dataclasses.replace(ctx, options={**ctx.options, "noise_seed": int(job.seed)})
+        return self.inner.train(job, plan, broken, progress)
+
+
+def buyer_seeded_noise(trainer: Any) -> Any:
+    """A broken variant of `trainer`: its noise is seeded from the buyer's public `job.seed`.
+
+    A buyer who knows the seed (and the code) can regenerate that noise and
+    subtract it; a buyer who reuses a seed gets the same noise twice. The
+    audit reuses one `job.seed` for every run, as such a buyer would.
+    """
+    return _BuyerSeededNoise(trainer)
+
+
+def check_audit_detects(
+    trainer: Any,
+    ctx: TrainerContext | None = None,
+    *,
+    variant: Any = None,
+    epsilon: float = 1.0,
+    runs: int = AUDIT_RUNS,
+    seed: int | None = None,
+    score: Any = None,
+    **settings: Any,
+) -> Any:
+    """The audit must catch a broken `variant` of `trainer` (default `buyer_seeded_noise(trainer)`).
+
+    AssertionError if the audit does not report ε̂ above the variant's claim:
+    then `check_audit` has no power against this trainer's failures. Returns the report.
+    """
+    from pandacead.audit import run_audit
+
+    broken = variant if variant is not None else buyer_seeded_noise(trainer)
+    report = run_audit(broken, _audit_settings(epsilon, runs, seed, settings), ctx=ctx, score=score)
+    if not report.violated:
+        raise _fail(
+            trainer,
+            f"the privacy audit did not catch the deliberately broken variant: ε̂ = {report.epsilon_lower:.3f} "
+            f"≤ claimed ε = {report.epsilon_claimed:.3f} (it can certify at most {report.epsilon_max:.3f} "
+            f"with {report.runs} runs)",
+        )
+    return report
