@@ -44,7 +44,7 @@ def test_an_existing_ledger_gets_the_trigger_when_it_is_opened(tmp_path):
     Ledger(path).close()
     conn = sqlite3.connect(path)
     conn.execute("DROP TRIGGER audit_no_replace")
-    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm_audit_refuses_replace'")
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm004_audit_refuses_replace'")
     conn.commit()
     conn.close()
     led = Ledger(path)

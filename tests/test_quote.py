@@ -114,7 +114,7 @@ def test_tampered_expired_foreign_or_unknown_quotes_are_refused(home):
 def test_submit_checks_dataset_backend_and_quote_at_once(home):
     (home / "a.json").write_text(json.dumps(job("a", dataset="nope")))
     r = cli(home, "submit", str(home / "a.json"))
-    assert r.returncode == 1 and "Dataset 'nope' is not registered on this host" in r.stderr.decode()
+    assert r.returncode == 1 and "Dataset 'nope' is not offered on this host" in r.stderr.decode()
     (home / "b.json").write_text(json.dumps(job("b", backend="nosuch")))
     r = cli(home, "submit", str(home / "b.json"))
     assert r.returncode == 1 and "Backend 'nosuch' is not available" in r.stderr.decode()

@@ -231,6 +231,23 @@ def m003_datasets_and_accounts(db: sqlite_utils.Database) -> None:
         )
 
 
+
+@migration
+def m004_audit_refuses_replace(db: sqlite_utils.Database) -> None:
+    """The audit log refuses `INSERT OR REPLACE` / `REPLACE INTO` of an existing row too.
+
+    A REPLACE deletes the row it conflicts with without firing the DELETE
+    trigger (recursive triggers are off), so the UPDATE/DELETE triggers alone
+    let an entry be rewritten. A BEFORE INSERT trigger sees the id first.
+    Self-contained: it only needs the audit table of m001.
+    """
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS audit_no_replace BEFORE INSERT ON audit "
+        "WHEN NEW.id IS NOT NULL AND EXISTS (SELECT 1 FROM audit WHERE id = NEW.id) "
+        "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
+    )
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 

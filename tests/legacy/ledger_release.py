@@ -728,19 +728,3 @@ def _budget(row: dict[str, Any]) -> Budget:
         row["user_id"], row["epsilon_budget"], row["delta_budget"], row["epsilon_spent"],
         row["delta_spent"], row["epsilon_reserved"], row["delta_reserved"],
     )
-
-
-@migration
-def m_audit_refuses_replace(db: sqlite_utils.Database) -> None:
-    """The audit log refuses `INSERT OR REPLACE` / `REPLACE INTO` of an existing row too.
-
-    A REPLACE deletes the row it conflicts with without firing the DELETE
-    trigger (recursive triggers are off), so the UPDATE/DELETE triggers alone
-    let an entry be rewritten. A BEFORE INSERT trigger sees the id first.
-    Self-contained: it only needs the audit table of m001.
-    """
-    db.execute(
-        "CREATE TRIGGER IF NOT EXISTS audit_no_replace BEFORE INSERT ON audit "
-        "WHEN NEW.id IS NOT NULL AND EXISTS (SELECT 1 FROM audit WHERE id = NEW.id) "
-        "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
-    )
