@@ -32,9 +32,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# bench/run.py rewrites docs/benchmarks.md and bench/utility.py docs/utility.md: the
+# benchmarks that add their own sections to those pages run after them.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/utility.py
+	$(BIN)/python bench/bench_tuning.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check pandacead plugins tests bench
