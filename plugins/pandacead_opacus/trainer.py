@@ -407,6 +407,7 @@ class OpacusTrainer:
                 train_candidate=train_candidate, progress=progress,
             )
             result["provenance"]["backend"] = "opacus"
+            attach_released_preprocessing(result, info, base_dir)  # candidates were scored on transformed rows
             return TrainResult(**result)
         result = train_arrays(
             job.to_dict(),
