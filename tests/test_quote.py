@@ -123,7 +123,7 @@ def test_submit_checks_dataset_backend_and_quote_at_once(home):
     assert r.returncode == 1 and "issued no quote" in r.stderr.decode()
     assert not list((home / "inbox").glob("*.json"))
     dry = cli(home, "submit", str(home / "a.json"), "--dry-run", "--no-check")
-    assert dry.returncode == 1 and "not registered" in dry.stderr.decode()
+    assert dry.returncode == 1 and "not declared public" in dry.stderr.decode()  # same sentence as for private data
     (home / "d.json").write_text(json.dumps(job("d")))
     dry = json.loads(cli(home, "submit", str(home / "d.json"), "--dry-run", "--json").stdout)
     assert dry["epsilon"] == 1.0 and not list((home / "inbox").glob("*.json"))
