@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import base64
 import hashlib
 import json
@@ -46,6 +48,7 @@ SPEC = {
     "bounds": {"a": [0, 100], "b": [0, 100]},
     "categories": {"colour": ["red", "green", "blue"]},
     "classes": ["no", "yes"],
+    "rows": 80,  # the public row count a private dataset plans with (issue 12)
 }
 
 
@@ -65,7 +68,7 @@ def test_declared_bounds_are_used_verbatim_and_nothing_depends_on_the_data(tmp_p
     write_csv(tmp_path / "one" / "t.csv", *table(50, 0))
     write_csv(tmp_path / "two" / "t.csv", *table(80, 1, scale=7.0))
     i1 = datasets.describe("t", SPEC, tmp_path / "one")
-    i2 = datasets.describe("t", SPEC, tmp_path / "two")
+    i2 = dataclasses.replace(datasets.describe("t", SPEC, tmp_path / "two"), split_seed=1234)
     assert i1.source["preprocessing"] == i2.source["preprocessing"]
     cols = i1.source["preprocessing"]["columns"]
     assert cols[0] == {"name": "a", "kind": "numeric", "low": 0.0, "high": 100.0}
@@ -74,7 +77,7 @@ def test_declared_bounds_are_used_verbatim_and_nothing_depends_on_the_data(tmp_p
     # Loaded features: clipped to the declared bounds and scaled by them, nothing else.
     X, colours, labels = table(80, 1, scale=7.0)
     Xtr, ytr, Xte, yte = datasets.load(i2, tmp_path / "two")
-    tr, te = datasets.split_indices(80, i2.holdout_fraction, i2.digest)
+    tr, te = datasets.split_indices(80, i2.holdout_fraction, i2.split_seed)
     expect = 2 * np.clip(X[tr], 0, 100) / 100 - 1
     assert np.allclose(Xtr[:, :2], expect, atol=1e-5)
     onehot = np.array([[c == k for k in ("red", "green", "blue")] for c in np.array(colours)[tr]], float)
@@ -97,7 +100,8 @@ def test_plan_price_includes_preprocessing_and_reads_no_data(tmp_path: Path, mon
 def test_unbounded_dataset_plan_says_how_to_declare_bounds(tmp_path: Path) -> None:
     X, _, labels = table(100, 0)
     (tmp_path / "u.csv").write_text("a,b,label\n" + "\n".join(f"{x[0]},{x[1]},{t}" for x, t in zip(X, labels)))
-    info = datasets.describe("u", {"kind": "csv", "path": "u.csv", "label": "label", "task": "classification"}, tmp_path)
+    info = datasets.describe("u", {"kind": "csv", "path": "u.csv", "label": "label", "task": "classification",
+                                   "rows": 100}, tmp_path)
     j = Job(job_id="p", user_id="u", dataset="u", dp=DPParams(epsilon=1.0, delta=1e-4))
     notice = TRAINER.plan(j, ctx_for(info, tmp_path)).details["notice"]
     assert "declares no feature bounds" in notice and "bounds = {" in notice and "[datasets.u]" in notice
@@ -160,7 +164,7 @@ def image_home(tmp_path: Path, extra: str = "") -> Path:
     return home
 
 
-IMG = '\n[datasets.img]\nkind = "npz"\npath = "img.npz"\ntask = "classification"\nbounds = [0, 16]\nclasses = [0, 1, 2, 3]\n'
+IMG = '\n[datasets.img]\nkind = "npz"\npath = "img.npz"\ntask = "classification"\nbounds = [0, 16]\nclasses = [0, 1, 2, 3]\nrows = 240\n'
 
 
 def extractor_file(path: Path) -> str:
@@ -175,7 +179,7 @@ def extractor_file(path: Path) -> str:
 def test_cnn_and_public_features_jobs_train_through_the_daemon(tmp_path: Path) -> None:
     sha = extractor_file(tmp_path / "ext.safetensors")
     feat = (f'\n[datasets.feat]\nkind = "npz"\npath = "img.npz"\ntask = "classification"\nbounds = [0, 16]\n'
-            f'classes = [0, 1, 2, 3]\nextractor = {{ path = "{tmp_path / "ext.safetensors"}", sha256 = "{sha}" }}\n')
+            f'rows = 240\nclasses = [0, 1, 2, 3]\nextractor = {{ path = "{tmp_path / "ext.safetensors"}", sha256 = "{sha}" }}\n')
     home = image_home(tmp_path, IMG + feat)
     dp = {"enabled": True, "epsilon": 4.0, "delta": 1e-4, "clip": 1.0}
     drop(home, "c.json", job("c", dataset="img", dp=dp, epochs=3, batch_size=48, learning_rate=0.5,
@@ -218,7 +222,7 @@ def test_extractor_mismatch_through_the_daemon_is_rejected_and_not_charged(tmp_p
     ext = tmp_path / "ext.safetensors"
     extractor_file(ext)
     feat = (f'\n[datasets.feat]\nkind = "npz"\npath = "img.npz"\ntask = "classification"\nbounds = [0, 16]\n'
-            f'classes = [0, 1, 2, 3]\nextractor = {{ path = "{ext}", sha256 = "{"1" * 64}" }}\n')
+            f'rows = 240\nclasses = [0, 1, 2, 3]\nextractor = {{ path = "{ext}", sha256 = "{"1" * 64}" }}\n')
     home = image_home(tmp_path, feat)
     drop(home, "x.json", job("x", dataset="feat"))
     assert run_once(home, timeout=300).returncode == 0
@@ -239,7 +243,7 @@ def test_family_defaults_fill_only_what_the_job_left_out(tmp_path: Path) -> None
     from pandacead.jobs import parse_job
 
     write_csv(tmp_path / "t.csv", *table(300, 0))
-    info = datasets.describe("t", SPEC, tmp_path)
+    info = datasets.describe("t", {**SPEC, "rows": 300}, tmp_path)  # batch = public training rows / 3
     ctx = ctx_for(info, tmp_path)
     omitted = parse_job(json.dumps({"job_id": "d", "user_id": "u", "dataset": "t",
                                     "dp": {"epsilon": 1.0, "delta": 1e-4}}).encode())
