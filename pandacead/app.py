@@ -69,6 +69,7 @@ def build_context(settings: Settings) -> TrainerContext:
         torch_threads=int(t.get("torch_threads", 1)),
         accountant=str(t.get("accountant", "prv")),
         grad_sample_mode=str(t.get("grad_sample_mode", "auto")),
+        fast_path=str(t.get("fast_path", "auto")),
         secure_mode=bool(t.get("secure_mode", False)),
         max_steps=int(t.get("max_steps", 200_000)),
         options={"home": str(settings.home), "dataset_errors": errors, **(t.get("options") or {})},

@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "torch_threads": 1,
         "accountant": "prv",
         "grad_sample_mode": "auto",  # ghost clipping for expected batches >= 64, else hooks
+        "fast_path": "auto",  # book-keeping DP-SGD for Linear-only models; "off": always Opacus
         "secure_mode": False,
         "max_steps": 200_000,
         "worker_max_jobs": 50,  # a warm worker is replaced after this many jobs

@@ -100,6 +100,11 @@ class OpacusTrainer:
             raise JobRejected("The opacus backend only runs jobs with differential privacy enabled.")
         accountant = _accountant(job, ctx)
         check_secure_mode(ctx)
+        if ctx.fast_path not in ("auto", "off"):
+            raise JobRejected(
+                f"Fast-path setting {ctx.fast_path!r} is not supported (use auto or off).",
+                [f"trainer.fast_path: {ctx.fast_path!r}"],
+            )
         try:
             arch = models.architecture(
                 model_type=job.model.type,
@@ -241,6 +246,7 @@ class OpacusTrainer:
             grad_sample_mode=plan.details.get("grad_sample_mode"),
             secure_mode=ctx.secure_mode,
             noise_seed=ctx.options.get("noise_seed"),
+            fast_path=ctx.fast_path,
         )
         result["provenance"]["backend"] = "opacus"
         return TrainResult(**result)

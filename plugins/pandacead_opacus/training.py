@@ -38,7 +38,7 @@ import numpy as np
 
 from pandacead.errors import JobFailed
 
-from . import models, privacy
+from . import fastpath, models, privacy, sampling
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
 DEFAULT_GRAD_SAMPLE_MODE = "hooks"
@@ -171,11 +171,16 @@ def train_arrays(
     grad_sample_mode: str | None = None,
     secure_mode: bool = False,
     noise_seed: int | None = None,
+    fast_path: str = "off",
 ) -> dict[str, Any]:
     """Train `job` with DP-SGD under `plan` on `arrays` (X_train, y_train, X_test, y_test).
 
     `noise_seed` is the secret seed of Poisson sampling and noise (see the
     module docstring); never derive it from anything the buyer knows.
+
+    `fast_path` "auto" trains Linear/ReLU models with the book-keeping
+    DP-SGD of `pandacead_opacus.fastpath` (same mechanism, same accountant);
+    "off" (the default here) always runs Opacus's DPOptimizer.
 
     Returns {"model": safetensors bytes, "epsilon", "delta", "n", "accuracy",
     "metrics", "training_params", "provenance"} — the fields of a TrainResult.
@@ -194,6 +199,7 @@ def train_arrays(
             grad_sample_mode=grad_sample_mode,
             secure_mode=secure_mode,
             noise_seed=noise_seed,
+            fast_path=fast_path,
         )
 
 
@@ -207,10 +213,10 @@ def _train_arrays(
     grad_sample_mode: str | None,
     secure_mode: bool,
     noise_seed: int | None,
+    fast_path: str = "off",
 ) -> dict[str, Any]:
     import torch
     from opacus import PrivacyEngine
-    from torch.utils.data import DataLoader, TensorDataset
 
     t_start = time.monotonic()
     progress = progress or (lambda _event: None)
@@ -265,33 +271,34 @@ def _train_arrays(
     head = arch["head"]
     criterion = _criterion(head)
     optimizer = torch.optim.SGD(model.parameters(), lr=float(job["learning_rate"]))
-    loader = DataLoader(
-        TensorDataset(torch.from_numpy(X_train), _targets(head, y_train)),
-        batch_size=batch_size,
-        generator=sampling_gen,  # DPDataLoader.from_data_loader samples with this generator
-    )
+    X_t, y_t = torch.from_numpy(X_train), _targets(head, y_train)
+    expected_batch_size = schedule["expected_batch_size"]  # public: q × rows, Opacus's normaliser
+    if fast_path not in fastpath.FAST_PATH_SETTINGS:
+        raise JobFailed(f"Unknown fast-path setting {fast_path!r} (expected auto or off).")
     engine = PrivacyEngine(accountant=accountant, secure_mode=bool(secure_mode))
-    private = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        criterion=criterion,
-        data_loader=loader,
-        noise_multiplier=sigma,
-        max_grad_norm=float(dp["clip"]),
-        poisson_sampling=True,
-        grad_sample_mode=mode,
-        noise_generator=noise_gen,
-    )
-    if mode == "ghost":
-        dp_model, dp_optimizer, dp_criterion, dp_loader = private
-    else:
-        dp_model, dp_optimizer, dp_loader = private
-        dp_criterion = criterion
-    if len(dp_loader) != schedule["steps_per_epoch"]:
-        raise JobFailed(
-            "Opacus's Poisson loader has a different number of batches per epoch than planned.",
-            [f"len(loader) = {len(dp_loader)} != {schedule['steps_per_epoch']}"],
+    fast = None
+    if fast_path == "auto" and not secure_mode and fastpath.applies(model):
+        fast = fastpath.BookkeepingDPSGD(
+            model, head, max_grad_norm=float(dp["clip"]), noise_multiplier=sigma,
+            expected_batch_size=expected_batch_size, learning_rate=float(job["learning_rate"]),
+            noise_generator=noise_gen,
         )
+        dp_model, dp_loader = model, None
+    else:
+        dp_model, dp_optimizer, dp_criterion, dp_loader = _opacus_private(
+            engine, model, optimizer, criterion, X_t, y_t, batch_size, sigma, float(dp["clip"]),
+            mode, sampling_gen, noise_gen, schedule["steps_per_epoch"],
+        )
+        dp_optimizer.expected_batch_size = expected_batch_size  # one normaliser for both paths
+    if not secure_mode:  # Poisson batches by direct indexing, from the same generator Opacus would use
+        dp_loader = None
+
+    def batches() -> Any:
+        if dp_loader is not None:  # secure mode: Opacus's loader draws from torchcsprng
+            yield from dp_loader
+            return
+        for idx in sampling.poisson_batches(n, schedule["poisson_rate"], schedule["steps_per_epoch"], sampling_gen):
+            yield X_t[idx], y_t[idx]
 
     planned_eps = float(plan["epsilon"])
     rdp_progress = privacy.RdpProgress(sigma, q, delta)
@@ -302,7 +309,13 @@ def _train_arrays(
     for epoch in range(1, epochs + 1):
         dp_model.train()
         loss_sum, loss_n = 0.0, 0
-        for xb, yb in dp_loader:
+        for xb, yb in batches():
+            if fast is not None:
+                loss_sum += float(fast.step(xb, yb))
+                engine.accountant.step(noise_multiplier=sigma, sample_rate=q)
+                steps += 1
+                loss_n += len(xb)
+                continue
             dp_optimizer.zero_grad(set_to_none=True)
             out = _shape(head, dp_model(xb))
             loss = dp_criterion(out, yb)
@@ -383,6 +396,7 @@ def _train_arrays(
         "clip": float(dp["clip"]),
         "architecture": arch,
         "grad_sample_mode": mode,
+        "fast_path": "bookkeeping" if fast is not None else None,
         "secure_mode": bool(secure_mode),
         "noise_source": noise_source,
     }
@@ -405,6 +419,42 @@ def _train_arrays(
         "training_params": training_params,
         "provenance": provenance,
     }
+
+
+def _opacus_private(
+    engine: Any, model: Any, optimizer: Any, criterion: Any, X_t: Any, y_t: Any, batch_size: int,
+    sigma: float, clip: float, mode: str, sampling_gen: Any, noise_gen: Any, steps_per_epoch: int,
+) -> tuple[Any, Any, Any, Any]:
+    """Opacus's make_private: (model, DPOptimizer, criterion, Poisson loader), checked against the plan."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(
+        TensorDataset(X_t, y_t),
+        batch_size=batch_size,
+        generator=sampling_gen,  # DPDataLoader.from_data_loader samples with this generator
+    )
+    private = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        criterion=criterion,
+        data_loader=loader,
+        noise_multiplier=sigma,
+        max_grad_norm=clip,
+        poisson_sampling=True,
+        grad_sample_mode=mode,
+        noise_generator=noise_gen,
+    )
+    if mode == "ghost":
+        dp_model, dp_optimizer, dp_criterion, dp_loader = private
+    else:
+        dp_model, dp_optimizer, dp_loader = private
+        dp_criterion = criterion
+    if len(dp_loader) != steps_per_epoch:
+        raise JobFailed(
+            "Opacus's Poisson loader has a different number of batches per epoch than planned.",
+            [f"len(loader) = {len(dp_loader)} != {steps_per_epoch}"],
+        )
+    return dp_model, dp_optimizer, dp_criterion, dp_loader
 
 
 def train_nonprivate_arrays(
