@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -202,3 +201,31 @@ def test_a_bad_fast_path_setting_is_refused(synthetic_run: Any) -> None:
     with pytest.raises(JobFailed, match="fast-path"):
         train_arrays(job, plan, arrays, 1, fast_path="always")
 
+
+
+# ----------------------------------------------------------------------------- accounting memo
+
+
+def test_accounting_memo_returns_what_the_accountant_computes() -> None:
+    from opacus.accountants import PRVAccountant, RDPAccountant
+    from pandacead_opacus import privacy
+
+    privacy.cache_clear()
+    history = [(1.1, 0.02, 500)]
+    for name, acc, kw in (("rdp", RDPAccountant(), {"alphas": privacy.EPS_ALPHAS}), ("prv", PRVAccountant(), {"eps_error": 0.01})):
+        acc.history = list(history)
+        direct = float(acc.get_epsilon(1e-5, **kw))
+        assert privacy.epsilon(name, history, 1e-5) == direct
+        assert privacy.epsilon(name, history, 1e-5) == direct  # the hit
+        assert privacy.epsilon(name, history, 2e-5) != direct  # every input is in the key
+    first = privacy.calibrate("prv", 2.0, 1e-5, 0.02, 500)
+    again = privacy.calibrate("prv", 2.0, 1e-5, 0.02, 500)
+    assert not first["cached"] and again["cached"]
+    assert (again["noise_multiplier"], again["epsilon"]) == (first["noise_multiplier"], first["epsilon"])
+    again["noise_multiplier"] = 0.0  # a caller mutating its copy does not poison the memo
+    assert privacy.calibrate("prv", 2.0, 1e-5, 0.02, 500)["noise_multiplier"] == first["noise_multiplier"]
+    curve = privacy.rdp_curve(1.1, 0.02, 500)
+    curve["2.0"] = -1.0
+    assert privacy.rdp_curve(1.1, 0.02, 500)["2.0"] > 0
+    assert privacy.RdpProgress(1.1, 0.02, 1e-5).epsilon(500) == pytest.approx(privacy.epsilon("rdp", history, 1e-5))
+    assert privacy._epsilon_cached.cache_info().maxsize == privacy.ACCOUNTING_CACHE_SIZE
