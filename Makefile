@@ -8,16 +8,24 @@ STAMP = $(VENV)/.installed
 
 .PHONY: demo test install bench lint clean-demo
 
-install: $(STAMP)
+install: $(STAMP) pandacead/_cli_cache.py
+
+# What `pandacead --help` prints without importing click (pandacead/entry.py),
+# rendered by click itself; stale caches are ignored at run time, so this only
+# keeps the fast path in use after cli.py changes.
+pandacead/_cli_cache.py: $(STAMP) pandacead/cli.py pandacead/_version.py
+	$(BIN)/python -m pandacead.entry --write-cache >/dev/null
+	$(BIN)/python -m compileall -q pandacead plugins
 
 # torch/opacus/syft are pinned by constraints.txt (torch 2.13.0 is the CPU wheel).
 $(STAMP): pyproject.toml constraints.txt plugins/pandacead_nss/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[opacus,syft,dev]' -e plugins/pandacead_nss
+	$(BIN)/python -m compileall -q pandacead plugins  # byte-compiled, as any wheel install is
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: install
 	$(BIN)/pandacead init --home .
 	@for f in examples/*.json; do \
 	  id=$$(basename $$f .json); \
@@ -27,13 +35,13 @@ demo: $(STAMP)
 	@for f in outbox/*.json; do case $$f in *.dsse.json|*.error.json) ;; *) $(BIN)/pandacead verify --home . $$f ;; esac; done
 	$(BIN)/pandacead budget show --home .
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: install
 	$(BIN)/python bench/run.py
 
-lint: $(STAMP)
+lint: install
 	$(BIN)/ruff check pandacead plugins tests bench
 	$(BIN)/mypy
 
