@@ -92,6 +92,10 @@ class Daemon:
         self.claim_errors: dict[str, str] = {}
         self.outbox_blocked: str | None = None
         self._backlog: list[Path] = []
+        # Entries of the last inbox scan not yet looked at: a backlog is claimed from one
+        # scan instead of rescanning the whole inbox per claim (which made draining quadratic).
+        self._scanned: list[Any] = []
+        self._next_scan = 0.0
 
     # -- signals --------------------------------------------------------------
 
@@ -200,7 +204,7 @@ class Daemon:
 
     def _idle(self) -> bool:
         return (
-            not self.in_flight and not self._backlog and not self.retry_at
+            not self.in_flight and not self._backlog and not self.retry_at and not self._scanned
             and not [e for e in scan(self.settings.inbox) if e.name not in self.claim_errors]
         )
 
@@ -310,13 +314,17 @@ class Daemon:
         self.closed_ready |= closed
         settle = float(s.daemon.get("settle_seconds", 0.5))
         now = time.time()
-        entries = scan(s.inbox)
-        present = {e.name for e in entries}
-        self.closed_ready &= present
-        self.first_seen = {k: v for k, v in self.first_seen.items() if k in present}
-        self.claim_errors = {k: v for k, v in self.claim_errors.items() if k in present}
-        for e in entries:
+        entries, self._scanned = self._scanned, []
+        if not entries or time.monotonic() >= self._next_scan:
+            entries = scan(s.inbox)
+            self._next_scan = time.monotonic() + float(s.daemon.get("rescan_interval", 2.0))
+            present = {e.name for e in entries}
+            self.closed_ready &= present
+            self.first_seen = {k: v for k, v in self.first_seen.items() if k in present}
+            self.claim_errors = {k: v for k, v in self.claim_errors.items() if k in present}
+        for i, e in enumerate(entries):
             if self._capacity() <= 0:
+                self._scanned = entries[i:]  # the rest of this scan, for the next ticks
                 break
             if e.kind == "file":
                 seen = self.first_seen.get(e.name)
