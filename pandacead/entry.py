@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: importing typing costs more than the rest of `--help`
+if TYPE_CHECKING:
+    from typing import Any
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 #: The sources whose bytes shape the help text, relative to the package.
@@ -76,7 +79,7 @@ def _cached_answer(argv: list[str]) -> str | None:
     if text is None or _width() != cache.WIDTH:
         return None
     try:
-        if _fingerprint(cache.FINGERPRINT[1]) != cache.FINGERPRINT:
+        if _fingerprint(str(cache.FINGERPRINT[1])) != cache.FINGERPRINT:
             return None
     except (OSError, IndexError, TypeError):
         return None

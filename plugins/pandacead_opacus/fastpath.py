@@ -121,12 +121,10 @@ class BookkeepingDPSGD:
     def _output(self, out: Any) -> Any:
         return out.reshape(-1) if self.head in ("binary_logit", "identity") else out
 
-    def clipped_sum(self, x: Any, y: Any) -> tuple[list[Any], Any]:
-        """(Σ_i clip_C(∇ℓ_i) per parameter, in `params` order; summed loss) for the batch (x, y)."""
+    def _per_sample(self, x: Any, y: Any) -> tuple[list[Any], tuple[Any, ...], Any]:
+        """(inputs a of each Linear, gradients b at its outputs, summed loss): one forward, one autograd.grad."""
         import torch
 
-        if len(x) == 0:
-            return [torch.zeros_like(p) for p in self.params], torch.zeros(())
         inputs: list[Any] = []
         outputs: list[Any] = []
         h = x
@@ -138,34 +136,57 @@ class BookkeepingDPSGD:
             else:
                 h = layer(h)
         loss = self.criterion(self._output(h), y)
-        grads = torch.autograd.grad(loss, outputs)
-        with torch.no_grad():
-            return self._clip_and_sum(inputs, grads), loss.detach()
+        return inputs, torch.autograd.grad(loss, outputs), loss.detach()
 
-    def _clip_and_sum(self, inputs: list[Any], grads: tuple[Any, ...]) -> list[Any]:
+    def _clip_factors(self, inputs: list[Any], grads: tuple[Any, ...]) -> Any:
+        """min(1, C / (‖g_i‖ + 1e-6)) per sample, with ‖g_i‖² = Σ_layers ‖b_i‖²·(‖a_i‖² + 1 if bias else ‖a_i‖²)."""
         sq = None
         for lin, a, b in zip(self.linears, inputs, grads):
             b_sq = (b * b).sum(dim=1)
             a_sq = (a * a).sum(dim=1)
             term = b_sq * (a_sq + 1.0) if lin.bias is not None else b_sq * a_sq
             sq = term if sq is None else sq + term
-        factor = (self.clip / (sq.sqrt() + CLIP_EPS)).clamp(max=1.0)
-        sums: list[Any] = []
-        for lin, a, b in zip(self.linears, inputs, grads):
-            fb = b * factor.unsqueeze(1)
-            sums.append(fb.t() @ a)
-            if lin.bias is not None:
-                sums.append(fb.sum(dim=0))
-        return sums
+        assert sq is not None
+        return (self.clip / (sq.sqrt() + CLIP_EPS)).clamp(max=1.0)
 
-    def step(self, x: Any, y: Any) -> Any:
-        """One DP-SGD step on the Poisson batch (x, y); returns the batch's summed loss (a tensor)."""
+    def clipped_sum(self, x: Any, y: Any) -> tuple[list[Any], Any]:
+        """(Σ_i clip_C(∇ℓ_i) per parameter, in `params` order; summed loss) for the batch (x, y)."""
         import torch
 
-        sums, loss = self.clipped_sum(x, y)
-        self._noise.normal_(0.0, self.std, generator=self.generator)
+        if len(x) == 0:
+            return [torch.zeros_like(p) for p in self.params], torch.zeros(())
+        inputs, grads, loss = self._per_sample(x, y)
+        sums: list[Any] = []
         with torch.no_grad():
-            for p, s, z in zip(self.params, sums, self._noise_views):
-                s.add_(z)
-                p.add_(s, alpha=self.scale)
+            factor = self._clip_factors(inputs, grads)
+            for lin, a, b in zip(self.linears, inputs, grads):
+                fb = b * factor.unsqueeze(1)
+                sums.append(fb.t() @ a)
+                if lin.bias is not None:
+                    sums.append(fb.sum(dim=0))
+        return sums, loss
+
+    def step(self, x: Any, y: Any) -> Any:
+        """One DP-SGD step on the Poisson batch (x, y); returns the batch's summed loss (a tensor).
+
+        The noise is drawn into one flat buffer, the clipped sums are added
+        into it layer by layer (``addmm_``), and all parameters move in one
+        ``_foreach_add_`` by −lr / expected_batch_size times that buffer.
+        """
+        import torch
+
+        self._noise.normal_(0.0, self.std, generator=self.generator)
+        loss = torch.zeros(())
+        if len(x):
+            inputs, grads, loss = self._per_sample(x, y)
+            with torch.no_grad():
+                factor = self._clip_factors(inputs, grads).unsqueeze(1)
+                views = iter(self._noise_views)
+                for lin, a, b in zip(self.linears, inputs, grads):
+                    fb = b * factor
+                    next(views).addmm_(fb.t(), a)
+                    if lin.bias is not None:
+                        next(views).add_(fb.sum(dim=0))
+        with torch.no_grad():
+            torch._foreach_add_(self.params, self._noise_views, alpha=self.scale)
         return loss
