@@ -89,6 +89,7 @@ timeout_seconds = 900
 memory_limit_mb = 4096
 torch_threads = 1
 accountant = "prv"      # "prv" (tighter) or "rdp"
+fast_path = "auto"      # "auto": book-keeping DP-SGD for Linear/ReLU models (same mechanism); "off": always Opacus
 prewarm = "auto"        # start workers at daemon start and import torch/opacus there
 
 [signing]
