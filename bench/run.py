@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py [--quick] [--only a,b,c,d] [--json results.json] [--render results.json]
 
-Runs, in this order (about 5 minutes on 2 cores):
+Runs, in this order (about 10 minutes on 2 cores, more under load):
 
   (d) bench_startup.py   `pandacead --help` / `budget show` start-up vs `python -c pass`
   (a) bench_pipeline.py  mock jobs through a real daemon vs the floor of unavoidable per-job work
