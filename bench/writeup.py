@@ -487,6 +487,28 @@ the figures above are from the latest run and include all of the changes:
    the first part of the change.
 """
 
+CHANGES += """
+Round two (#20, this branch; figures in (r) above):
+
+4. **DP-SGD near non-private speed** (`plugins/pandacead_opacus/fastpath.py`, `sampling.py`).
+   Poisson batches by direct tensor indexing (the masks Opacus's sampler draws, from the same
+   secret generator, without its DataLoader) and, for Linear/ReLU models, a book-keeping step:
+   one forward, one `autograd.grad` to the layer outputs, per-sample norms from ‖a‖²·‖b‖²,
+   clipped sums as one `addmm_` per layer into the noise buffer (σ·C, one `normal_` from the
+   job's noise generator), one `_foreach_add_`. `[trainer] fast_path = "off"` turns it off.
+5. **Accounting memos** (`plugins/pandacead_opacus/privacy.py`): σ calibration, ε of a history
+   and RDP curves are bounded LRU memos on their exact inputs; a repeated job shape skips the
+   search and the second ε computation in training.
+6. **Click-free start-up** (`pandacead/entry.py`, the console script): `--help`, `-h` and
+   `--version` of every command come from click's own output, cached at install and
+   checksummed against `cli.py`, click and the terminal width; `budget show` reads the ledger
+   directly. `make install` byte-compiles the tree.
+7. **Backlog from one scan** (`pandacead/daemon.py`): claims come from the last inbox scan
+   until `rescan_interval` passes, instead of a full rescan (and an idle-check scan) per claim.
+8. **Fast schema check** (`pandacead/jobs.py`): fastjsonschema passes valid jobs; jsonschema
+   decides and explains everything else.
+"""
+
 OPEN = """## Left open (outside the benchmark's files), with the measured effect
 
 * **`budget show` start-up (d) and the daemon's memory (f), `ledger.py`:** import
@@ -512,12 +534,12 @@ OPEN = """## Left open (outside the benchmark's files), with the measured effect
   difference between its first and later jobs in (e)). The trainer contract
   (`docs/plugins.md`) and `pandacead.toml`'s comments should then mention `warm`,
   `[trainer] prewarm`, `preload` and `warm_timeout`.
-* **`--help` (d):** `import click` alone is ≈ 4× an empty interpreter on this machine and
-  the CLI adds its own module and json/pathlib, so the 4× target cannot hold while `--help`
-  goes through click; nothing heavy is imported.
-* **The DP-SGD slowdown (c)** is Opacus's per-sample gradient cost on a tiny MLP: the
-  grad-sample mode and the batch size move it (table in (c)); the model is small enough
-  that the per-sample bookkeeping dominates each step.
+* **`budget show` (d, r):** with click out of its path (round two), what is left is
+  `pandacead.config` and `pandacead.ledger` themselves (pathlib, dataclasses, tomllib, sqlite3,
+  the accounting module); a leaner ledger reader belongs with the ledger rewrite of #20 item 1.
+* **Round two, not in this branch (#20):** the kept filter state for `rdp` admission (item 1),
+  one durable commit per job (item 5) and the audit index (item 7) come with the ledger rewrite;
+  the residual growth of the backlog's per-job cost in (r) is the ledger's history per user.
 * Throughput in (a) is with `workers = 1`, the default; a host that wants more jobs at a
   time raises `[daemon] workers` or runs more daemons on one home.
 """
@@ -527,12 +549,13 @@ HOWTO = """## Running it
 ```
 make bench                                   # = .venv/bin/python bench/run.py
 .venv/bin/python bench/run.py --quick        # fewer repetitions, a smoke test
-.venv/bin/python bench/run.py --only a,d     # some steps only (a, b, c, d)
+.venv/bin/python bench/run.py --only a,d     # some steps only (d, a, b, r by default; c on request)
 .venv/bin/python bench/run.py --json r.json  # also keep the raw results; --render r.json redraws
 ```
 
 Each step is also a script of its own, printing JSON: `bench/bench_pipeline.py` (a),
-`bench/bench_backends.py` (b, e, f), `bench/bench_dpsgd.py` (c), `bench/bench_startup.py` (d);
+`bench/bench_backends.py` (b, e, f), `bench/bench_dpsgd.py` (c), `bench/bench_startup.py` (d),
+`bench/bench_round2.py` (r: this tree against today's release, `--base REV` for another);
 `bench/floor.py` is the floor, `bench/common.py` the daemon, inotify and `/proc` helpers.
 Scratch homes go to `/var/tmp` (or the temp dir, or the repository: the first that is not
 tmpfs, since fsync costs belong to the filesystem; `PANDACEAD_BENCH_DIR` overrides) and are
