@@ -88,12 +88,12 @@ def trees(root: Path, base: str) -> tuple[Tree, Tree]:
     rel.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(REPO), "archive", base], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(rel)], input=archive, check=True)
+    # The click-free --help needs its cache current (make install writes it), then everything byte-compiled.
+    subprocess.run([PY, "-c", "from pandacead import entry; entry._cached_answer(['--help']) or entry.write_cache()"],
+                   cwd=REPO, check=True, env=clean_env(COLUMNS="80", PYTHONPATH=str(REPO)))
     for t in (rel, REPO):
         subprocess.run([PY, "-m", "compileall", "-q", "pandacead", "plugins"], cwd=t, check=True,
                        env=clean_env(PYTHONDONTWRITEBYTECODE="0"))
-    # The click-free --help needs its cache current (make install writes it).
-    subprocess.run([PY, "-c", "from pandacead import entry; entry._cached_answer(['--help']) or entry.write_cache()"],
-                   cwd=REPO, check=True, env=clean_env(COLUMNS="80", PYTHONPATH=str(REPO)))
     return Tree("this", REPO, "pandacead.entry"), Tree("release", rel, "pandacead.cli")
 
 
@@ -108,7 +108,11 @@ def startup(this: Tree, rel: Tree, root: Path, runs: int) -> dict[str, Any]:
             subprocess.run([*t.cli(), "budget", "set", u, e], env=t.env(PANDACEAD_HOME=str(h)), check=True,
                            capture_output=True)
         homes[t.name] = h
-    cmds: dict[str, tuple[list[str], dict[str, str]]] = {"python -c pass": ([PY, "-c", "pass"], clean_env())}
+    cmds: dict[str, tuple[list[str], dict[str, str]]] = {
+        "python -c pass": ([PY, "-c", "pass"], clean_env()),
+        # pip's console script imports re before the entry point: context for the --help figure.
+        "python -c 'import re'": ([PY, "-c", "import re"], clean_env()),
+    }
     for t in (this, rel):
         env = t.env(PANDACEAD_HOME=str(homes[t.name]))
         cmds[f"{t.name}: --help"] = ([*t.cli(), "--help"], env)

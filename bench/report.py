@@ -111,12 +111,13 @@ def round2_rows(g: dict[str, Any]) -> list[dict[str, Any]]:
         m, q = st["median_s"], st["ratios"]
         base = f"`python -c pass` {_f(m['python -c pass'] * 1e3, 1)} ms"
         for cmd, target in (("--help", 1.5), ("budget show", 3.0)):
-            rows.append({"key": "r_startup", "label": f"(r) `pandacead {cmd}` start-up (release: {q[f'release: {cmd}']:.2f}×)",
+            rows.append({"key": "r_startup", "label": f"(r) `pandacead {cmd}` start-up (release: {q[f'release: {cmd}']:.2f}×"
+                         + (f"; `import re` alone: {q[ctx]:.2f}×)" if (ctx := "python -c 'import re'") in q and cmd == "--help" else ")"),
                          "value": f"{_f(m[f'this: {cmd}'] * 1e3, 1)} ms", "baseline": base,
                          "ratio": q[f"this: {cmd}"], "target": target})
     for sh in (g.get("dpsgd") or {}).get("shapes", []):
         h = sh["hidden"]
-        name = "linear" if not h else "×".join(map(str, h)) if len(set(h)) > 1 else f"{len(h)}×{h[0]}"
+        name = "linear" if not h else "MLP " + "-".join(map(str, h))
         v = sh["vs_nonprivate"]
         rows.append({"key": "r_dpsgd", "label": f"(r) DP-SGD {name}, batch {sh['batch']} (release: {v['opacus_dataloader']:.2f}×)",
                      "value": f"{_f(1e6 / sh['us_per_sample']['dp_this'], 0)} samples/s",
