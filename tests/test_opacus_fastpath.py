@@ -19,7 +19,7 @@ from pandacead import datasets  # noqa: E402
 from pandacead.jobs import DPParams, Job, ModelSpec  # noqa: E402
 from pandacead.trainers import TrainerContext  # noqa: E402
 
-pytestmark = pytest.mark.opacus
+pytestmark = [pytest.mark.opacus, pytest.mark.filterwarnings("ignore:Full backward hook is firing")]
 torch.set_num_threads(1)
 
 #: Every architecture the opacus backend builds: linear and MLPs up to 4 hidden layers, all heads.
