@@ -9,7 +9,9 @@ click's package), the terminal width it was rendered for and the program
 name. Anything else — another width, a stale checksum, an unknown argument
 — goes to click, so the output is always click's. `budget show` reads the
 ledger through `pandacead.ledger` exactly as the click command does and
-prints the same bytes; on any doubt (an odd argument, an error) it prints
+prints the same bytes, only while cli.py's `budget show` is the code it
+mirrors (a checksum of that code's source, `BUDGET_SHOW_SOURCE_CRC`, checked
+when the cache is built); on any doubt (an odd argument, an error) it prints
 nothing and hands over to click, which then reports as it always does.
 
 Regenerate the cache with ``python -m pandacead.entry --write-cache``
@@ -157,11 +159,44 @@ def _budget_show(args: list[str]) -> str | None:
             close()
 
 
+def _budget_show_current() -> bool:
+    """True while cli.py's `budget show` is the code `_budget_show` mirrors (checked when the cache was built)."""
+    try:
+        from pandacead import _cli_cache as cache
+    except ImportError:
+        return False
+    if not getattr(cache, "BUDGET_SHOW_MIRRORED", False):
+        return False
+    try:
+        return _checksum([os.path.join(_HERE, s) for s in _SOURCES]) == cache.FINGERPRINT[0]
+    except (OSError, IndexError, TypeError):
+        return False
+
+
+#: zlib.crc32 of the source of cli.py's `budget show` (its decorators and body, `_ledger`,
+#: `_table`, `_cell`, BUDGET_COLUMNS) that `_budget_show` reproduces. When cli.py's differs,
+#: the cache says so and `budget show` goes to click; update both together.
+BUDGET_SHOW_SOURCE_CRC = 1129246863
+
+
+def budget_show_source_crc() -> int:
+    import inspect
+    import zlib
+
+    from pandacead import cli
+
+    funcs: list[Any] = [cli.budget_show.callback, cli._ledger, cli._table, cli._cell]
+    parts = [inspect.getsource(f) for f in funcs]
+    return zlib.crc32(("".join(parts) + repr(cli.BUDGET_COLUMNS)).encode())
+
+
 def fast_answer(argv: list[str], prog: str) -> str | None:
     """What `pandacead ARGV` prints, when it can be answered without click; else None."""
     if prog != "pandacead" or os.environ.get("PANDACEAD_CLI_FAST", "1") == "0":
         return None
     if argv[:2] == ["budget", "show"] and "--help" not in argv and "-h" not in argv:
+        if not _budget_show_current():
+            return None
         try:
             return _budget_show(argv[2:])
         except Exception:  # any doubt: click runs the command and reports as usual
@@ -215,7 +250,8 @@ def build_cache() -> dict[str, Any]:
         for flag in ("--help", "-h"):
             outputs[(*path, flag)] = _render(cli, [*path, flag])
     outputs[("--version",)] = _render(cli, ["--version"])
-    return {"WIDTH": _width(), "FINGERPRINT": _fingerprint(_click_file()), "OUTPUTS": outputs}
+    return {"WIDTH": _width(), "FINGERPRINT": _fingerprint(_click_file()), "OUTPUTS": outputs,
+            "BUDGET_SHOW_MIRRORED": budget_show_source_crc() == BUDGET_SHOW_SOURCE_CRC}
 
 
 def write_cache(path: str | None = None) -> str:
@@ -235,6 +271,7 @@ def write_cache(path: str | None = None) -> str:
         "",
         f"WIDTH = {data['WIDTH']!r}",
         f"FINGERPRINT = {data['FINGERPRINT']!r}",
+        f"BUDGET_SHOW_MIRRORED = {data['BUDGET_SHOW_MIRRORED']!r}",
         "OUTPUTS = {",
         *(f"    {k!r}: {v!r}," for k, v in sorted(data["OUTPUTS"].items())),
         "}",

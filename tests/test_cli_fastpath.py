@@ -32,7 +32,7 @@ def current_cache() -> None:
     old = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "80"
     try:
-        if entry._cached_answer(["--help"]) is None:
+        if entry._cached_answer(["--help"]) is None or not entry._budget_show_current():
             entry.write_cache()
             sys.modules.pop("pandacead._cli_cache", None)
         assert entry._cached_answer(["--help"]) is not None
@@ -80,6 +80,21 @@ def test_other_widths_and_stale_caches_go_to_click(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(sys.modules["pandacead"], "_cli_cache", real)
     assert entry._cached_answer(["--help"]) == real.OUTPUTS[("--help",)]
     assert entry.fast_answer(["--help"], "python") is None  # another program name: click's usage line differs
+
+
+def test_budget_show_mirrors_the_current_click_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert entry.budget_show_source_crc() == entry.BUDGET_SHOW_SOURCE_CRC, (
+        "cli.py's `budget show` changed: make pandacead/entry.py's _budget_show print the same, "
+        "then set BUDGET_SHOW_SOURCE_CRC = entry.budget_show_source_crc()"
+    )
+    import pandacead._cli_cache as real
+
+    assert entry._budget_show_current()
+    stale = types.SimpleNamespace(**{k: getattr(real, k) for k in ("WIDTH", "OUTPUTS", "FINGERPRINT")},
+                                  BUDGET_SHOW_MIRRORED=False)
+    monkeypatch.setitem(sys.modules, "pandacead._cli_cache", stale)
+    monkeypatch.setattr(sys.modules["pandacead"], "_cli_cache", stale)
+    assert entry.fast_answer(["budget", "show"], "pandacead") is None  # click answers
 
 
 def _home(tmp_path: Path, composition: str = "basic") -> Path:
