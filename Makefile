@@ -13,7 +13,7 @@ install: $(STAMP) pandacead/_cli_cache.py
 # What `pandacead --help` prints without importing click (pandacead/entry.py),
 # rendered by click itself; stale caches are ignored at run time, so this only
 # keeps the fast path in use after cli.py changes.
-pandacead/_cli_cache.py: $(STAMP) pandacead/cli.py pandacead/_version.py
+pandacead/_cli_cache.py: $(STAMP) pandacead/cli.py pandacead/_version.py pandacead/entry.py
 	$(BIN)/python -m pandacead.entry --write-cache >/dev/null
 	$(BIN)/python -m compileall -q pandacead plugins
 
