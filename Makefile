@@ -8,16 +8,24 @@ STAMP = $(VENV)/.installed
 
 .PHONY: demo test install bench lint clean-demo
 
-install: $(STAMP)
+install: $(STAMP) pandacead/_cli_cache.py
+
+# What `pandacead --help` prints without importing click (pandacead/entry.py),
+# rendered by click itself; stale caches are ignored at run time, so this only
+# keeps the fast path in use after cli.py changes.
+pandacead/_cli_cache.py: $(STAMP) pandacead/cli.py pandacead/_version.py pandacead/entry.py
+	$(BIN)/python -m pandacead.entry --write-cache >/dev/null
+	$(BIN)/python -m compileall -q pandacead plugins
 
 # torch/opacus/syft are pinned by constraints.txt (torch 2.13.0 is the CPU wheel).
 $(STAMP): pyproject.toml constraints.txt plugins/pandacead_nss/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[opacus,syft,dev,bench]' -e plugins/pandacead_nss
+	$(BIN)/python -m compileall -q pandacead plugins  # byte-compiled, as any wheel install is
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: install
 	$(BIN)/pandacead init --home .
 	@for f in examples/*.json; do \
 	  id=$$(basename $$f .json); \
@@ -29,18 +37,18 @@ demo: $(STAMP)
 	@echo
 	$(BIN)/pandacead jobs summary --home .
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q
 
 # bench/run.py rewrites docs/benchmarks.md and bench/utility.py docs/utility.md: the
 # benchmarks that add their own sections to those pages run after them.
-bench: $(STAMP)
+bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/utility.py
 	$(BIN)/python bench/bench_tuning.py
 
-lint: $(STAMP)
+lint: install
 	$(BIN)/ruff check pandacead plugins tests bench
 	$(BIN)/mypy
 

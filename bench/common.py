@@ -215,7 +215,8 @@ class OutboxWatch:
 class Daemon:
     """`pandacead run --home H` (the venv's console script), ready when it sends READY=1 over sd_notify."""
 
-    def __init__(self, home: Path, **env: str):
+    def __init__(self, home: Path, cmd: list[str] | None = None, **env: str):
+        """`cmd` replaces the console script (e.g. another tree's code: bench_round2.py's release)."""
         self.home = home
         self.sock_path = home / "notify.sock"
         with contextlib.suppress(FileNotFoundError):
@@ -226,7 +227,7 @@ class Daemon:
         self.log = open(self.log_path, "ab")
         self.t_start = time.perf_counter()
         self.proc = subprocess.Popen(
-            [str(PANDACEAD), "run", "--home", str(home)],
+            [*(cmd or [str(PANDACEAD)]), "run", "--home", str(home)],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=home,
             env=clean_env(PANDACEAD_HOME=str(home), NOTIFY_SOCKET=str(self.sock_path), **env),
         )

@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/run.py [--quick] [--only a,b,c,d] [--json results.json] [--render results.json]
 
-Runs, in this order (about 5 minutes on 2 cores):
+Runs, in this order (about 10 minutes on 2 cores, more under load):
 
   (d) bench_startup.py   `pandacead --help` / `budget show` start-up vs `python -c pass`
   (a) bench_pipeline.py  mock jobs through a real daemon vs the floor of unavoidable per-job work
   (b, e, f) bench_backends.py  an opacus job through the daemon vs in-process; syft vs opacus; peak RSS
-  (c) bench_dpsgd.py     DP-SGD vs non-private training throughput (the Opacus backend's benchmark)
+  (r) bench_round2.py    #20: start-up, DP-SGD vs the fastest non-private loop, repeated opacus
+                         jobs, backlog drain and schema check, side by side with today's release
+  (c) bench_dpsgd.py     Opacus's grad-sample modes with DataLoaders, and their peak RSS
+                         (not in the default run: (r) has the fair DP-SGD baseline; `--only c`)
 
 and writes docs/benchmarks.md and docs/benchmarks.png. A step that fails is
 reported as failed in the document; the others still run. Torch uses one
@@ -34,6 +37,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_backends  # noqa: E402
 import bench_pipeline  # noqa: E402
+import bench_round2  # noqa: E402
 import bench_startup  # noqa: E402
 import report  # noqa: E402
 import writeup  # noqa: E402
@@ -122,7 +126,7 @@ def dpsgd(quick: bool) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke test, not for the docs)")
-    ap.add_argument("--only", default="d,a,b,c", help="steps to run, from d,a,b,c")
+    ap.add_argument("--only", default="d,a,b,r", help="steps to run, from d,a,b,r,c")
     ap.add_argument("--json", default=None, help="also write the raw results here")
     ap.add_argument("--render", default=None, help="do not measure: render the docs from this results file")
     ap.add_argument("--out", default=str(REPO / "docs"), help="where benchmarks.md and benchmarks.png go")
@@ -144,6 +148,7 @@ def main() -> None:
                                        "stages": bench_pipeline.stages(60 if q else 150)}),
             "b": ("backends", lambda: bench_backends.run(jobs=2 if q else 7, syft=True)),
             "c": ("dpsgd", lambda: dpsgd(q)),
+            "r": ("round2", lambda: bench_round2.run(quick=q)),
         }
         for step in steps:
             name, fn = plan[step]

@@ -79,6 +79,7 @@ def build_context(settings: Settings, key: bytes | None = None) -> TrainerContex
         torch_threads=int(t.get("torch_threads", 1)),
         accountant=str(t.get("accountant", "prv")),
         grad_sample_mode=str(t.get("grad_sample_mode", "auto")),
+        fast_path=str(t.get("fast_path", "auto")),
         secure_mode=bool(t.get("secure_mode", False)),
         max_steps=int(t.get("max_steps", 200_000)),
         # checkpoints: trainers may resume a handed-back job from state/checkpoints/ (docs/lifecycle.md)

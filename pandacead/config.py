@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
         "torch_threads": 1,
         "accountant": "prv",
         "grad_sample_mode": "auto",  # ghost clipping for expected batches >= 64, else hooks
+        "fast_path": "auto",  # book-keeping DP-SGD for Linear-only models; "off": always Opacus
         "secure_mode": False,
         "max_steps": 200_000,
         "worker_max_jobs": 50,  # a warm worker is replaced after this many jobs
@@ -114,6 +115,7 @@ timeout_seconds = 900
 memory_limit_mb = 4096
 torch_threads = 1
 accountant = "prv"      # "prv" (tighter) or "rdp"
+fast_path = "auto"      # "auto": book-keeping DP-SGD for Linear/ReLU models (same mechanism); "off": always Opacus
 prewarm = "auto"        # start workers at daemon start and import torch/opacus there
 device = "auto"         # "auto" | "cpu" | "cuda" | "cuda:N"; world_size = N trains one job on N GPUs (docs/scale.md)
 

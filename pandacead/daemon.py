@@ -126,6 +126,10 @@ class Daemon:
         if _early_stop.is_set():  # a stop that arrived while the CLI was starting
             _early_stop.clear()
             self.stop_requested = True
+        # Entries of the last inbox scan not yet looked at: a backlog is claimed from one
+        # scan instead of rescanning the whole inbox per claim (which made draining quadratic).
+        self._scanned: list[Any] = []
+        self._next_scan = 0.0
 
     # -- signals --------------------------------------------------------------
 
@@ -238,7 +242,7 @@ class Daemon:
 
     def _idle(self) -> bool:
         return (
-            not self.in_flight and not self._backlog and not self.retry_at
+            not self.in_flight and not self._backlog and not self.retry_at and not self._scanned
             and not [k for k, _, _, _ in self._inbox_entries() if k not in self.claim_errors]
         )
 
@@ -381,13 +385,17 @@ class Daemon:
         self.closed_ready |= closed
         settle = float(s.daemon.get("settle_seconds", 0.5))
         now = time.time()
-        entries = self._inbox_entries()
-        present = {k for k, _, _, _ in entries}
-        self.closed_ready &= present
-        self.first_seen = {k: v for k, v in self.first_seen.items() if k in present}
-        self.claim_errors = {k: v for k, v in self.claim_errors.items() if k in present}
-        for key, account, where, e in entries:
+        entries, self._scanned = self._scanned, []
+        if not entries or time.monotonic() >= self._next_scan:
+            entries = self._inbox_entries()
+            self._next_scan = time.monotonic() + float(s.daemon.get("rescan_interval", 2.0))
+            present = {k for k, _, _, _ in entries}
+            self.closed_ready &= present
+            self.first_seen = {k: v for k, v in self.first_seen.items() if k in present}
+            self.claim_errors = {k: v for k, v in self.claim_errors.items() if k in present}
+        for i, (key, account, where, e) in enumerate(entries):
             if self._capacity() <= 0:
+                self._scanned = entries[i:]  # the rest of this scan, for the next ticks
                 break
             if e.kind == "file":
                 seen = self.first_seen.get(key)

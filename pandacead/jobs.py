@@ -192,6 +192,33 @@ def _validator() -> Any:
     return Draft202012Validator(load_schema("job"))
 
 
+@lru_cache(maxsize=1)
+def _fast_validator() -> Any:
+    """fastjsonschema's compiled check of the job schema (None when it is not installed).
+
+    It only says "valid": a job it accepts skips jsonschema; anything else is
+    explained by jsonschema, which stays the authority (tests/test_schema_fastpath.py
+    checks that both accept the same jobs, on the hostile corpus and the fuzz strategies).
+    No defaults are filled in and no formats checked, as jsonschema does.
+    """
+    try:
+        import fastjsonschema
+    except ImportError:
+        return None
+    return fastjsonschema.compile(load_schema("job"), use_default=False, use_formats=False)
+
+
+def _fast_valid(raw: Any) -> bool:
+    fast = _fast_validator()
+    if fast is None:
+        return False
+    try:
+        fast(raw)
+    except Exception:  # JsonSchemaException, or anything odd: let jsonschema decide and explain
+        return False
+    return True
+
+
 def _path(error: Any) -> str:
     parts = [str(p) for p in error.absolute_path]
     return ".".join(parts) if parts else "(job)"
@@ -206,6 +233,8 @@ def schema_violations(raw: Any) -> list[str]:
     Bounded: a 300 kB file with a 100 000-element list would otherwise cost
     seconds of validation and a multi-megabyte error report.
     """
+    if _fast_valid(raw):
+        return []
     out = []
     errors = list(itertools.islice(_validator().iter_errors(raw), MAX_VIOLATIONS + 1))
     more = len(errors) > MAX_VIOLATIONS

@@ -144,6 +144,7 @@ class TrainerContext:
     torch_threads: int = 1
     accountant: str = "prv"
     grad_sample_mode: str = "auto"
+    fast_path: str = "auto"  # "auto": book-keeping DP-SGD for Linear-only models (opacus backend); "off"
     secure_mode: bool = False
     max_steps: int = 200_000
     options: dict[str, Any] = field(default_factory=dict)

@@ -6,7 +6,7 @@ public or private, budget). The public face is unchanged:
 `from pandacead.ledger import Ledger, SLACK`.
 """
 
-from pandacead.ledger.core import MIGRATIONS, SLACK, Budget, Ledger, _job_row, now
+from pandacead.ledger.core import MIGRATIONS, SLACK, Budget, Ledger, _job_row, now  # noqa: F401 (_job_row: cli)
 from pandacead.ledger.policy import DatasetPolicy, policies_from_settings
 
 __all__ = ["MIGRATIONS", "SLACK", "Budget", "DatasetPolicy", "Ledger", "now", "policies_from_settings"]

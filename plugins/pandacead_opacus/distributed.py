@@ -227,8 +227,8 @@ def _rank_train(
     import torch
     import torch.distributed as dist
     from opacus import PrivacyEngine
-    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
     from opacus.data_loader import DPDataLoader
+    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
     from torch.utils.data import TensorDataset
 
     from . import models, privacy

@@ -23,6 +23,7 @@ to 4096 so small ε targets are reachable). Both give valid upper bounds on ε.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -45,6 +46,19 @@ EPS_ALPHAS: list[float] = (
 
 #: Opacus's default PRV discretisation error; coarser for large ε (see `prv_eps_error`).
 PRV_EPS_ERROR = 0.01
+
+#: Entries kept by each memo of the pure accounting functions below (σ
+#: calibration, ε of a history, RDP curves). Keys are the exact inputs, so a
+#: hit returns what the computation would; repeated job shapes — the common
+#: case on a host — skip the accountant (0.3 s of an opacus job's plan and
+#: train). `cache_clear()` empties them all.
+ACCOUNTING_CACHE_SIZE = 512
+
+
+def cache_clear() -> None:
+    """Empty the accounting memos (tests, benchmarks of the uncached cost)."""
+    for fn in (_epsilon_cached, _calibrate_cached, _rdp_cached):
+        fn.cache_clear()
 
 
 class AccountingError(RuntimeError):
@@ -88,13 +102,21 @@ def epsilon(
     *,
     eps_error: float = PRV_EPS_ERROR,
 ) -> float:
-    """ε of a DP-SGD history [(σ, q, steps), …] at δ with Opacus's accountant."""
-    from opacus.accountants import PRVAccountant, RDPAccountant
-
+    """ε of a DP-SGD history [(σ, q, steps), …] at δ with Opacus's accountant (memoised)."""
     if accountant not in ACCOUNTANTS:
         raise AccountingError(f"unknown accountant {accountant!r}")
     if not history:
         return 0.0
+    key = tuple((float(s), float(q), int(t)) for s, q, t in history)
+    return _epsilon_cached(accountant, key, float(delta), float(eps_error))
+
+
+@functools.lru_cache(maxsize=ACCOUNTING_CACHE_SIZE)
+def _epsilon_cached(
+    accountant: str, history: tuple[tuple[float, float, int], ...], delta: float, eps_error: float
+) -> float:
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -116,14 +138,21 @@ def epsilon(
 
 def rdp_curve(noise_multiplier: float, sample_rate: float, steps: int) -> dict[str, float]:
     """The job's Rényi-DP curve {str(order): ρ} at `RDP_ORDERS` (non-finite orders left out)."""
+    values = _rdp_cached(float(noise_multiplier), float(sample_rate), int(steps), tuple(RDP_ORDERS))
+    return {str(a): v for a, v in zip(RDP_ORDERS, values) if math.isfinite(v)}
+
+
+@functools.lru_cache(maxsize=ACCOUNTING_CACHE_SIZE)
+def _rdp_cached(
+    noise_multiplier: float, sample_rate: float, steps: int, orders: tuple[float, ...]
+) -> tuple[float, ...]:
+    """Opacus's compute_rdp at `orders`, as a tuple (immutable: safe to share between callers)."""
     from opacus.accountants.analysis.rdp import compute_rdp
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        values = compute_rdp(
-            q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=RDP_ORDERS
-        )
-    return {str(a): float(v) for a, v in zip(RDP_ORDERS, values) if math.isfinite(float(v))}
+        values = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=list(orders))
+    return tuple(float(v) for v in values)
 
 
 class RdpProgress:
@@ -133,13 +162,11 @@ class RdpProgress:
     """
 
     def __init__(self, noise_multiplier: float, sample_rate: float, delta: float):
-        from opacus.accountants.analysis.rdp import compute_rdp
+        import numpy as np
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._rdp1 = compute_rdp(
-                q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=EPS_ALPHAS
-            )
+        self._rdp1 = np.asarray(
+            _rdp_cached(float(noise_multiplier), float(sample_rate), 1, tuple(EPS_ALPHAS)), dtype=float
+        )
         self._delta = delta
 
     def epsilon(self, steps: int) -> float:
@@ -166,8 +193,22 @@ def calibrate(
     from above (PRV is tighter), then bisection with PRV — each PRV evaluation
     costs up to seconds at 10⁵ steps, so starting near the answer matters
     (Opacus's own search from σ = 20 takes minutes there).
-    Raises AccountingError when no σ ≤ 1e6 reaches the target.
+    Raises AccountingError when no σ ≤ 1e6 reaches the target. Memoised on
+    the exact inputs ("seconds" is then the time of this call; "cached" says so).
     """
+    t0 = time.monotonic()
+    hits = _calibrate_cached.cache_info().hits
+    out = dict(_calibrate_cached(accountant, float(target_epsilon), float(delta), float(sample_rate), int(steps)))
+    out["cached"] = _calibrate_cached.cache_info().hits > hits
+    if out["cached"]:
+        out["seconds"] = time.monotonic() - t0
+    return out
+
+
+@functools.lru_cache(maxsize=ACCOUNTING_CACHE_SIZE)
+def _calibrate_cached(
+    accountant: str, target_epsilon: float, delta: float, sample_rate: float, steps: int
+) -> dict[str, Any]:
     from opacus.accountants.utils import get_noise_multiplier
 
     t0 = time.monotonic()

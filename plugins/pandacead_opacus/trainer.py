@@ -226,6 +226,11 @@ class OpacusTrainer:
         check_secure_mode(ctx)
         pre = info.source.get("preprocessing")
         input_shape = info.source.get("input_shape") if not (pre and pre.get("extractor")) else None
+        if ctx.fast_path not in ("auto", "off"):
+            raise JobRejected(
+                f"Fast-path setting {ctx.fast_path!r} is not supported (use auto or off).",
+                [f"trainer.fast_path: {ctx.fast_path!r}"],
+            )
         try:
             arch = models.architecture(
                 model_type=job.model.type,
@@ -423,6 +428,7 @@ class OpacusTrainer:
             world_size=ctx.world_size,
             max_physical_batch_size=ctx.max_physical_batch_size,
             cuda_memory_fraction=fraction,
+            fast_path=ctx.fast_path,
         )
         result["provenance"]["backend"] = "opacus"
         attach_released_preprocessing(result, info, base_dir)

@@ -38,7 +38,7 @@ import numpy as np
 
 from pandacead.errors import Diverged, JobFailed
 
-from . import models, privacy
+from . import fastpath, models, privacy, sampling
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
 DEFAULT_GRAD_SAMPLE_MODE = "hooks"
@@ -247,6 +247,7 @@ def train_arrays(
     world_size: int = 1,
     max_physical_batch_size: int = 0,
     cuda_memory_fraction: float = 0.9,
+    fast_path: str = "off",
 ) -> dict[str, Any]:
     """Train `job` with DP-SGD under `plan` on `arrays` (X_train, y_train, X_test, y_test).
 
@@ -259,6 +260,10 @@ def train_arrays(
     module docstring); never derive it from anything the buyer knows.
     `device` is a resolved torch device ("cpu", "cuda:0"); `world_size` > 1
     runs one job on that many processes (`pandacead_opacus.distributed`).
+
+    `fast_path` "auto" trains Linear/ReLU models with the book-keeping
+    DP-SGD of `pandacead_opacus.fastpath` (same mechanism, same accountant);
+    "off" (the default here) always runs Opacus's DPOptimizer.
 
     Returns {"model": safetensors bytes, "epsilon", "delta", "n", "accuracy",
     "metrics", "training_params", "provenance"} — the fields of a TrainResult.
@@ -288,6 +293,7 @@ def train_arrays(
             checkpoint_dir=checkpoint_dir,
             device=device,
             max_physical_batch_size=max_physical_batch_size,
+            fast_path=fast_path,
         )
 
 
@@ -304,11 +310,10 @@ def _train_arrays(
     checkpoint_dir: str | None = None,
     device: str = "cpu",
     max_physical_batch_size: int = 0,
+    fast_path: str = "off",
 ) -> dict[str, Any]:
     import torch
     from opacus import PrivacyEngine
-    from opacus.data_loader import DPDataLoader
-    from torch.utils.data import TensorDataset
 
     t_start = time.monotonic()
     progress = progress or (lambda _event: None)
@@ -362,40 +367,41 @@ def _train_arrays(
     head = arch["head"]
     criterion = _criterion(head)
     optimizer = torch.optim.SGD(model.parameters(), lr=float(job["learning_rate"]))
-    # Poisson sampling at the public rate 1/ceil(n_public/B) (what Opacus's
-    # from_data_loader would derive from the private len(dataset)); make_private
-    # then records q = 1/len(loader) = 1/steps_per_epoch, as planned.
-    loader = DPDataLoader(
-        TensorDataset(torch.from_numpy(X_train), _targets(head, y_train)),
-        sample_rate=float(schedule["poisson_rate"]),
-        generator=sampling_gen,
-    )
+    X_t, y_t = torch.from_numpy(X_train), _targets(head, y_train)
+    # make_private would take the mean's denominator as int(len(dataset) * q): the private n.
+    # Dividing a DP sum by a data-dependent number is not post-processing; both paths use the
+    # public one, q × the public row count.
+    expected_batch_size = int(schedule["expected_batch_size"])
+    if fast_path not in fastpath.FAST_PATH_SETTINGS:
+        raise JobFailed(f"Unknown fast-path setting {fast_path!r} (expected auto or off).")
     engine = PrivacyEngine(accountant=accountant, secure_mode=bool(secure_mode))
-    private = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        criterion=criterion,
-        data_loader=loader,
-        noise_multiplier=sigma,
-        max_grad_norm=float(dp["clip"]),
-        poisson_sampling=False,  # the loader above already samples (from the public rate)
-        grad_sample_mode=mode,
-        noise_generator=noise_gen,
-    )
-    if mode == "ghost":
-        dp_model, dp_optimizer, dp_criterion, dp_loader = private
-    else:
-        dp_model, dp_optimizer, dp_loader = private
-        dp_criterion = criterion
-    # make_private computes the mean's denominator as int(len(dataset) * q): the private n.
-    # Dividing a DP sum by a data-dependent number is not post-processing; use the public one.
-    dp_optimizer.expected_batch_size = int(schedule["expected_batch_size"])
-    guard_per_sample_gradients(dp_optimizer, dp_model, mode)
-    if len(dp_loader) != schedule["steps_per_epoch"]:
-        raise JobFailed(
-            "Opacus's Poisson loader has a different number of batches per epoch than planned.",
-            [f"len(loader) = {len(dp_loader)} != {schedule['steps_per_epoch']}"],
+    fast = None
+    dp_optimizer: Any = None
+    if (fast_path == "auto" and not secure_mode and on_cpu and not max_physical_batch_size
+            and fastpath.applies(model)):
+        fast = fastpath.BookkeepingDPSGD(
+            model, head, max_grad_norm=float(dp["clip"]), noise_multiplier=sigma,
+            expected_batch_size=expected_batch_size, learning_rate=float(job["learning_rate"]),
+            noise_generator=noise_gen,
         )
+        dp_model, dp_loader = model, None
+    else:
+        dp_model, dp_optimizer, dp_criterion, dp_loader = _opacus_private(
+            engine, model, optimizer, criterion, X_t, y_t, float(schedule["poisson_rate"]), sigma,
+            float(dp["clip"]), mode, sampling_gen, noise_gen, schedule["steps_per_epoch"],
+        )
+        dp_optimizer.expected_batch_size = expected_batch_size  # one normaliser for both paths
+        guard_per_sample_gradients(dp_optimizer, dp_model, mode)
+    if not secure_mode and not max_physical_batch_size:
+        dp_loader = None  # Poisson batches by direct indexing, from the same generator Opacus would use
+
+    def batches() -> Any:
+        if dp_loader is not None:  # secure mode (torchcsprng) or BatchMemoryManager: Opacus's loader
+            yield from physical_batches(dp_loader, dp_optimizer, max_physical_batch_size)
+            return
+        # Over the true rows (each one in the batch with the public rate q).
+        for idx in sampling.poisson_batches(n_rows, schedule["poisson_rate"], schedule["steps_per_epoch"], sampling_gen):
+            yield X_t[idx], y_t[idx]
 
     planned_eps = float(plan["epsilon"])
     rdp_progress = privacy.RdpProgress(sigma, q, delta)
@@ -419,9 +425,20 @@ def _train_arrays(
     for epoch in range(first_epoch, epochs + 1):
         dp_model.train()
         loss_sum, loss_n = 0.0, 0
-        for xb, yb in physical_batches(dp_loader, dp_optimizer, max_physical_batch_size):
+        for xb, yb in batches():
             if not on_cpu:
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            if fast is not None:
+                value = float(fast.step(xb, yb))
+                engine.accountant.step(noise_multiplier=sigma, sample_rate=q)
+                steps += 1
+                if not _finite_model(model):  # post-processing of the DP updates, as below
+                    diverged = True
+                    break
+                if math.isfinite(value):
+                    loss_sum += value
+                    loss_n += len(xb)
+                continue
             dp_optimizer.zero_grad(set_to_none=True)
             out = _shape(head, dp_model(xb))
             loss = dp_criterion(out, yb)
@@ -529,6 +546,7 @@ def _train_arrays(
         "clip": float(dp["clip"]),
         "architecture": arch,
         "grad_sample_mode": mode,
+        "fast_path": "bookkeeping" if fast is not None else None,
         "secure_mode": bool(secure_mode),
         "noise_source": noise_source,
         "device": str(device),
@@ -554,6 +572,44 @@ def _train_arrays(
         "training_params": training_params,
         "provenance": provenance,
     }
+
+
+def _opacus_private(
+    engine: Any, model: Any, optimizer: Any, criterion: Any, X_t: Any, y_t: Any, poisson_rate: float,
+    sigma: float, clip: float, mode: str, sampling_gen: Any, noise_gen: Any, steps_per_epoch: int,
+) -> tuple[Any, Any, Any, Any]:
+    """Opacus's make_private: (model, DPOptimizer, criterion, Poisson loader), checked against the plan.
+
+    The loader samples at the PUBLIC rate 1/ceil(n_public/B) (Opacus's from_data_loader
+    would derive it from the private len(dataset)); make_private then records
+    q = 1/len(loader) = 1/steps_per_epoch, as planned.
+    """
+    from opacus.data_loader import DPDataLoader
+    from torch.utils.data import TensorDataset
+
+    loader = DPDataLoader(TensorDataset(X_t, y_t), sample_rate=float(poisson_rate), generator=sampling_gen)
+    private = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        criterion=criterion,
+        data_loader=loader,
+        noise_multiplier=sigma,
+        max_grad_norm=clip,
+        poisson_sampling=False,  # the loader above already samples (at the public rate)
+        grad_sample_mode=mode,
+        noise_generator=noise_gen,
+    )
+    if mode == "ghost":
+        dp_model, dp_optimizer, dp_criterion, dp_loader = private
+    else:
+        dp_model, dp_optimizer, dp_loader = private
+        dp_criterion = criterion
+    if len(dp_loader) != steps_per_epoch:
+        raise JobFailed(
+            "Opacus's Poisson loader has a different number of batches per epoch than planned.",
+            [f"len(loader) = {len(dp_loader)} != {steps_per_epoch}"],
+        )
+    return dp_model, dp_optimizer, dp_criterion, dp_loader
 
 
 def train_nonprivate_arrays(

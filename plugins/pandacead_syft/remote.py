@@ -67,6 +67,8 @@ def pandacead_dp_sgd(data, spec):
             "secure_mode": request["secure_mode"],
         }
         accepted = inspect.signature(train_arrays).parameters
+        if "fast_path" in accepted:
+            options["fast_path"] = request.get("fast_path", "off")
         if host.get("noise_seed") is not None and "noise_seed" in accepted:
             options["noise_seed"] = host["noise_seed"]
 

@@ -150,6 +150,7 @@ def _run_code_request(
             "threads": max(1, int(ctx.torch_threads or 1)),
             "grad_sample_mode": plan.details.get("grad_sample_mode") or ctx.grad_sample_mode,
             "secure_mode": bool(ctx.secure_mode),
+            "fast_path": ctx.fast_path,  # the same DP-SGD step as the opacus backend
         },
         sort_keys=True,
     )

@@ -1,0 +1,290 @@
+"""The `pandacead` console script: answers `--help`, `--version` and `budget show` without importing click.
+
+Importing click (and the command tree of `pandacead.cli`) costs 3–5× a bare
+`python -c pass`. The answers that need no command logic come from
+`pandacead._cli_cache`, text that click itself rendered, and are used only
+while they are provably current: the cache records a checksum of every
+source that shapes the help text (`pandacead/cli.py`, `pandacead/_version.py`,
+click's package), the terminal width it was rendered for and the program
+name. Anything else — another width, a stale checksum, an unknown argument
+— goes to click, so the output is always click's. `budget show` reads the
+ledger through `pandacead.ledger` exactly as the click command does and
+prints the same bytes, only while cli.py's `budget show` is the code it
+mirrors (a checksum of that code's source, `BUDGET_SHOW_SOURCE_CRC`, checked
+when the cache is built); on any doubt (an odd argument, an error) it prints
+nothing and hands over to click, which then reports as it always does.
+
+Regenerate the cache with ``python -m pandacead.entry --write-cache``
+(`make install` does; tests/test_cli_fastpath.py fails when it is stale).
+``PANDACEAD_CLI_FAST=0`` turns the fast paths off.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False  # not typing's: importing typing costs more than the rest of `--help`
+if TYPE_CHECKING:
+    from typing import Any
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+#: The sources whose bytes shape the help text, relative to the package.
+_SOURCES = ("cli.py", "_version.py")
+
+
+def _checksum(paths: list[str]) -> int:
+    import zlib
+
+    crc = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            crc = zlib.crc32(f.read(), crc)
+    return crc
+
+
+def _click_file() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("click")
+    return os.path.abspath(spec.origin) if spec and spec.origin else ""
+
+
+def _fingerprint(click_file: str) -> list[Any]:
+    st = os.stat(click_file)
+    return [_checksum([os.path.join(_HERE, s) for s in _SOURCES]), click_file, st.st_size, st.st_mtime_ns]
+
+
+def _width() -> int:
+    """The width click's HelpFormatter would use (shutil.get_terminal_size, capped at 80, minus 2)."""
+    columns = 0
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+        if columns <= 0:
+            columns = 80
+    return max(min(columns, 80) - 2, 50)
+
+
+def _cached_answer(argv: list[str]) -> str | None:
+    try:
+        from pandacead import _cli_cache as cache
+    except ImportError:
+        return None
+    text = cache.OUTPUTS.get(tuple(argv))
+    if text is None or _width() != cache.WIDTH:
+        return None
+    try:
+        if _fingerprint(str(cache.FINGERPRINT[1])) != cache.FINGERPRINT:
+            return None
+    except (OSError, IndexError, TypeError):
+        return None
+    return text
+
+
+def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    # The same text as pandacead.cli._table (tests/test_cli_fastpath.py compares the outputs).
+    if not rows:
+        return "(none)"
+    cells = [[h for _, h in columns]] + [[_cell(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+_BUDGET_COLUMNS = [
+    ("user_id", "USER"), ("epsilon_budget", "ε BUDGET"), ("epsilon_spent", "ε SPENT"),
+    ("epsilon_reserved", "ε RESERVED"), ("epsilon_remaining", "ε LEFT"),
+    ("delta_budget", "δ BUDGET"), ("delta_spent", "δ SPENT"),
+]
+
+
+def _budget_show(args: list[str]) -> str | None:
+    """`budget show [USER] [--home DIR] [--json]` as pandacead.cli.budget_show prints it, or None (ask click)."""
+    user = home = None
+    as_json = False
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--json":
+            as_json = True
+        elif a == "--home" and i + 1 < len(args):
+            home = args[i + 1]
+            i += 1
+        elif a.startswith("--home="):
+            home = a[len("--home="):]
+        elif a.startswith("-") or user is not None:
+            return None
+        else:
+            user = a
+        i += 1
+    if home is not None and (home == "" or home.startswith("-") or os.path.isfile(home)):
+        return None
+    from pandacead.config import load_settings
+    from pandacead.ledger import Ledger
+
+    s = load_settings(home)
+    if not s.ledger_path.exists():
+        return None
+    led = Ledger.from_settings(s, actor=f"cli:{os.getenv('USER', 'unknown')}")
+    try:
+        rows = [led.summary(user)] if user else [led.summary(b.user_id) for b in led.budgets()]
+        if as_json:
+            import json
+
+            return json.dumps(rows[0] if user else rows, indent=2, sort_keys=False, default=str) + "\n"
+        cols = _BUDGET_COLUMNS + ([("basic_epsilon_spent", "ε IF ADDED")] if led.composition == "rdp" else [])
+        out = _table(rows, cols) + "\n" + f"(composition: {led.composition})\n"
+        if user and not rows[0]["known"]:
+            out += f"({user} has no ledger entry yet: this is the default budget)\n"
+        return out
+    finally:
+        close = getattr(led, "close", None)
+        if close is not None:
+            close()
+
+
+def _budget_show_current() -> bool:
+    """True while cli.py's `budget show` is the code `_budget_show` mirrors (checked when the cache was built)."""
+    try:
+        from pandacead import _cli_cache as cache
+    except ImportError:
+        return False
+    if not getattr(cache, "BUDGET_SHOW_MIRRORED", False):
+        return False
+    try:
+        return _checksum([os.path.join(_HERE, s) for s in _SOURCES]) == cache.FINGERPRINT[0]
+    except (OSError, IndexError, TypeError):
+        return False
+
+
+#: zlib.crc32 of the source of cli.py's `budget show` (its decorators and body, `_ledger`,
+#: `_table`, `_cell`, BUDGET_COLUMNS) that `_budget_show` reproduces. When cli.py's differs,
+#: the cache says so and `budget show` goes to click; update both together.
+BUDGET_SHOW_SOURCE_CRC = 1129246863
+
+
+def budget_show_source_crc() -> int:
+    import inspect
+    import zlib
+
+    from pandacead import cli
+
+    funcs: list[Any] = [cli.budget_show.callback, cli._ledger, cli._table, cli._cell]
+    parts = [inspect.getsource(f) for f in funcs]
+    return zlib.crc32(("".join(parts) + repr(cli.BUDGET_COLUMNS)).encode())
+
+
+def fast_answer(argv: list[str], prog: str) -> str | None:
+    """What `pandacead ARGV` prints, when it can be answered without click; else None."""
+    if prog != "pandacead" or os.environ.get("PANDACEAD_CLI_FAST", "1") == "0":
+        return None
+    if argv[:2] == ["budget", "show"] and "--help" not in argv and "-h" not in argv:
+        if not _budget_show_current():
+            return None
+        try:
+            return _budget_show(argv[2:])
+        except Exception:  # any doubt: click runs the command and reports as usual
+            return None
+    return _cached_answer(argv)
+
+
+def main() -> None:
+    text = fast_answer(sys.argv[1:], os.path.basename(sys.argv[0]))
+    if text is not None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from pandacead.cli import main as click_main
+
+    click_main()
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def _render(cli: Any, argv: list[str]) -> str:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        try:
+            cli.main(args=argv, prog_name="pandacead", standalone_mode=False)
+        except SystemExit:
+            pass
+    return buf.getvalue()
+
+
+def _command_paths(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    import click
+
+    out = [prefix]
+    if isinstance(group, click.Group):
+        for name, cmd in sorted(group.commands.items()):
+            out += _command_paths(cmd, (*prefix, name))
+    return out
+
+
+def build_cache() -> dict[str, Any]:
+    """{"WIDTH", "FINGERPRINT", "OUTPUTS"} rendered by click at the width click would use now."""
+    from pandacead.cli import cli
+
+    outputs: dict[tuple[str, ...], str] = {}
+    for path in _command_paths(cli):
+        for flag in ("--help", "-h"):
+            outputs[(*path, flag)] = _render(cli, [*path, flag])
+    outputs[("--version",)] = _render(cli, ["--version"])
+    return {"WIDTH": _width(), "FINGERPRINT": _fingerprint(_click_file()), "OUTPUTS": outputs,
+            "BUDGET_SHOW_MIRRORED": budget_show_source_crc() == BUDGET_SHOW_SOURCE_CRC}
+
+
+def write_cache(path: str | None = None) -> str:
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "80"  # the width of any terminal of 80 columns or more, and of pipes
+    try:
+        data = build_cache()
+    finally:
+        if old is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old
+    path = path or os.path.join(_HERE, "_cli_cache.py")
+    lines = [
+        '"""Generated by `python -m pandacead.entry --write-cache`: click\'s own output, see pandacead/entry.py."""',
+        "# ruff: noqa",
+        "",
+        f"WIDTH = {data['WIDTH']!r}",
+        f"FINGERPRINT = {data['FINGERPRINT']!r}",
+        f"BUDGET_SHOW_MIRRORED = {data['BUDGET_SHOW_MIRRORED']!r}",
+        "OUTPUTS = {",
+        *(f"    {k!r}: {v!r}," for k, v in sorted(data["OUTPUTS"].items())),
+        "}",
+        "",
+    ]
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    os.replace(path + ".tmp", path)
+    return path
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write-cache"]:
+        print(write_cache())
+    else:
+        main()
