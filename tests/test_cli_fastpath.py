@@ -106,7 +106,7 @@ def _home(tmp_path: Path, composition: str = "basic") -> Path:
         cfg = home / "pandacead.toml"
         cfg.write_text(cfg.read_text().replace('composition = "basic"', f'composition = "{composition}"'))
     for user, eps in (("alice", "3"), ("bob", "0.5")):
-        subprocess.run([sys.executable, "-m", "pandacead.cli", "budget", "set", user, eps, "--home", str(home)],
+        subprocess.run([sys.executable, "-m", "pandacead.cli", "budget", "set", user, eps, "--create", "--home", str(home)],
                        check=True, capture_output=True, timeout=60)
     return home
 
