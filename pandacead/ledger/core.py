@@ -273,8 +273,8 @@ def m005_filter_state(db: sqlite_utils.Database) -> None:
         )"""
     )
     # The tail after a checkpoint is read by (user_id, rowid) and (dataset, rowid).
-    db.execute("CREATE INDEX spends_user_rowid ON spends(user_id)")
-    db.execute("CREATE INDEX spends_dataset_rowid ON spends(dataset)")
+    db.execute("CREATE INDEX IF NOT EXISTS spends_user_rowid ON spends(user_id)")
+    db.execute("CREATE INDEX IF NOT EXISTS spends_dataset_rowid ON spends(dataset)")
     filter_state.build_all(db.conn)
 
 
