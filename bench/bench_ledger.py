@@ -1,0 +1,198 @@
+"""Ledger cost against history (issue #20 items 1 and 7): admission, `budget show`, `budget history`.
+
+    .venv/bin/python bench/bench_ledger.py [--runs 25] [--big 10000] [--show-jobs 100000]
+
+- reserve under `rdp` on a ledger whose paying account (and dataset) has 10
+  past jobs vs `--big` past jobs: the median `Ledger.reserve` (each followed,
+  untimed, by its commit, so every reservation meets the same history);
+  next to it the old path's cost at both sizes (`admit` over every past
+  spend re-read with `_accounting_spends`, what `reserve` did before).
+- `pandacead budget show` (whole processes, byte-compiled) on an rdp home
+  with `--show-jobs` committed jobs over 10 accounts vs a home with the same
+  10 accounts and no jobs, taking turns; and the in-process `Ledger.summary`
+  of every account.
+- the audit query of `budget history USER` with the account index vs a full scan.
+- the migration that builds the kept state for the `--show-jobs` ledger.
+
+Histories are written by SQL in one transaction (rows as `reserve` + `commit`
+write them, one Gaussian curve), then the kept state is built by the
+migration's own function. Every figure is a median; the ratios are from the
+same run. Prints one JSON object (load average included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import PANDACEAD, bench_root, clean_env, make_home, median, rm_tree  # noqa: E402
+
+from pandacead.accounting import Spend, admit, curve_to_json, job_curve, subsampled_gaussian_rdp  # noqa: E402
+from pandacead.ledger import Ledger, filter_state  # noqa: E402
+
+Q, SIGMA, STEPS = 0.01, 1.1, 500
+RDP_TOML = 'composition = "rdp"\n'
+
+
+def plan() -> SimpleNamespace:
+    return SimpleNamespace(
+        epsilon=0.5, delta=1e-7, rdp=curve_to_json(subsampled_gaussian_rdp(Q, SIGMA, STEPS)),
+        noise_multiplier=SIGMA, sample_rate=Q, steps=STEPS, accountant="rdp",
+    )
+
+
+def fill(path: Path, jobs: int, accounts: int, dataset: str = "bench") -> float:
+    """`jobs` committed rdp spends (with their audit rows) over `accounts`; returns the migration's seconds."""
+    led = Ledger(path, default_epsilon=1e9, default_delta=0.5, composition="rdp", dataset_epsilon=1e9,
+                 dataset_delta=0.5)
+    for a in range(accounts):
+        led.add_account(f"u{a}", 1e9, 0.5)
+    p = plan()
+    curve = json.dumps(job_curve(p.rdp, p.noise_multiplier, p.sample_rate, p.steps))
+    ts = "2026-12-01T00:00:00.000000Z"
+    conn = led.conn
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(
+        "INSERT INTO spends (scope, job_id, user_id, dataset, state, backend, epsilon_reserved, delta_reserved,"
+        " epsilon, delta, noise_multiplier, sample_rate, steps, accountant, rdp, composition, owner, reserved_at,"
+        " settled_at) VALUES ('', ?, ?, ?, 'committed', 'opacus', ?, ?, ?, ?, ?, ?, ?, 'rdp', ?, 'rdp', 'b', ?, ?)",
+        ((f"h{i}", f"u{i % accounts}", dataset, p.epsilon, p.delta, p.epsilon, p.delta, SIGMA, Q, STEPS, curve,
+          ts, ts) for i in range(jobs)),
+    )
+    conn.executemany(
+        "INSERT INTO audit (at, event, user_id, job_id, actor, detail) VALUES (?, ?, ?, ?, 'bench', '{}')",
+        ((ts, ev, f"u{i % accounts}", f"h{i}") for i in range(jobs) for ev in ("reserved", "committed")),
+    )
+    conn.execute(f"UPDATE users SET epsilon_spent = {p.epsilon} * (SELECT count(*) FROM spends"
+                 " WHERE spends.user_id = users.user_id)")
+    conn.execute("DELETE FROM filter_state")
+    t = time.perf_counter()
+    filter_state.build_all(conn)  # what migration m005 runs on an existing ledger
+    dt = time.perf_counter() - t
+    conn.execute("COMMIT")
+    led.close()
+    return dt
+
+
+def bench_reserve(tmp: Path, big: int, runs: int) -> dict[str, Any]:
+    paths = {"small": tmp / "small.db", "big": tmp / "big.db"}
+    fill(paths["small"], 10, 1)
+    fill(paths["big"], big, 1)
+    leds = {k: Ledger(p, default_epsilon=1e9, default_delta=0.5, composition="rdp", dataset_epsilon=1e9,
+                      dataset_delta=0.5) for k, p in paths.items()}
+    p = plan()
+    times: dict[str, list[float]] = {k: [] for k in leds}
+    old: dict[str, list[float]] = {k: [] for k in leds}
+    curve = job_curve(p.rdp, p.noise_multiplier, p.sample_rate, p.steps)
+    for i in range(runs + 2):
+        for k, led in leds.items():
+            t = time.perf_counter()
+            led.reserve(f"r{i}", "u0", p, "opacus", owner="b", dataset="bench")
+            dt = time.perf_counter() - t
+            led.commit(f"r{i}", p.epsilon, p.delta)
+            t = time.perf_counter()
+            admit(led._accounting_spends("u0"), Spend(p.epsilon, p.delta, curve, "rdp"), 1e9, 0.5, mode="rdp")
+            dt_old = time.perf_counter() - t
+            if i >= 2:  # warm-up: first connection use, the curve cache
+                times[k].append(dt)
+                old[k].append(dt_old)
+    for led in leds.values():
+        led.close()
+    small, large = median(times["small"]), median(times["big"])
+    return {
+        "past_jobs": [10, big],
+        "reserve_ms": [round(small * 1e3, 3), round(large * 1e3, 3)],
+        "ratio": round(large / small, 3),
+        "old_account_filter_ms": [round(median(old["small"]) * 1e3, 3), round(median(old["big"]) * 1e3, 3)],
+    }
+
+
+def bench_show(tmp: Path, jobs: int, runs: int) -> dict[str, Any]:
+    from pandacead.config import load_settings
+
+    homes = {}
+    for k in ("empty", "full"):
+        h = make_home(tmp / f"home-{k}")
+        cfg = h / "pandacead.toml"
+        cfg.write_text(cfg.read_text().replace("[budget]\n", "[budget]\n" + RDP_TOML, 1))
+        homes[k] = h
+    full_path = Path(load_settings(homes["full"], environ={}).ledger_path)
+    migration_s = fill(full_path, jobs, 10)
+    fill(Path(load_settings(homes["empty"], environ={}).ledger_path), 0, 10)  # the same accounts, no history
+    env = clean_env()
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # a real install is byte-compiled
+    cli: dict[str, list[float]] = {k: [] for k in homes}
+    inproc: dict[str, list[float]] = {k: [] for k in homes}
+    for i in range(runs + 1):
+        for k, h in homes.items():
+            t = time.perf_counter()
+            r = subprocess.run([str(PANDACEAD), "budget", "show", "--home", str(h), "--json"], env=env,
+                               capture_output=True)
+            dt = time.perf_counter() - t
+            if r.returncode != 0:
+                raise RuntimeError(r.stderr.decode(errors="replace"))
+            t = time.perf_counter()
+            led = Ledger(load_settings(h, environ={}).ledger_path, composition="rdp")
+            for b in led.budgets():
+                led.summary(b.user_id)
+            led.close()
+            dt_in = time.perf_counter() - t
+            if i:
+                cli[k].append(dt)
+                inproc[k].append(dt_in)
+    conn = sqlite3.connect(full_path)
+    hist: dict[str, list[float]] = {"index": [], "scan": []}
+    for _ in range(runs):
+        for k, hint in (("index", ""), ("scan", " NOT INDEXED")):
+            t = time.perf_counter()
+            conn.execute(f"SELECT * FROM audit{hint} WHERE user_id = 'u3' ORDER BY id").fetchall()
+            hist[k].append(time.perf_counter() - t)
+    conn.close()
+    e, f = median(cli["empty"]), median(cli["full"])
+    ie, if_ = median(inproc["empty"]), median(inproc["full"])
+    return {
+        "jobs": jobs,
+        "accounts": 10,
+        "budget_show_ms": [round(e * 1e3, 1), round(f * 1e3, 1)],
+        "budget_show_ratio": round(f / e, 3),
+        "summary_in_process_ms": [round(ie * 1e3, 2), round(if_ * 1e3, 2)],
+        "summary_in_process_ratio": round(if_ / ie, 3),
+        "history_audit_query_ms": {k: round(median(v) * 1e3, 2) for k, v in hist.items()},
+        "migration_builds_kept_state_s": round(migration_s, 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=25)
+    ap.add_argument("--big", type=int, default=10_000)
+    ap.add_argument("--show-jobs", type=int, default=100_000)
+    args = ap.parse_args()
+    tmp = bench_root() / f"bench-ledger-{os.getpid()}"
+    rm_tree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        load0 = os.getloadavg()
+        out = {
+            "reserve": bench_reserve(tmp, args.big, args.runs),
+            "budget_show": bench_show(tmp, args.show_jobs, max(5, args.runs // 3)),
+            "loadavg_before_after": [round(load0[0], 2), round(os.getloadavg()[0], 2)],
+            "cpus": os.cpu_count(),
+        }
+    finally:
+        rm_tree(tmp)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
