@@ -11,7 +11,8 @@
   with `--show-jobs` committed jobs over 10 accounts vs a home with the same
   10 accounts and no jobs, taking turns; and the in-process `Ledger.summary`
   of every account.
-- the audit query of `budget history USER` with the account index vs a full scan.
+- the audit query of `budget history USER` with the account index vs a full scan, for an
+  account with a tenth of the log and for one with two entries.
 - the migration that builds the kept state for the `--show-jobs` ledger.
 
 Histories are written by SQL in one transaction (rows as `reserve` + `commit`
@@ -57,6 +58,7 @@ def fill(path: Path, jobs: int, accounts: int, dataset: str = "bench") -> float:
                  dataset_delta=0.5)
     for a in range(accounts):
         led.add_account(f"u{a}", 1e9, 0.5)
+    led.add_account("fresh", 1.0, 1e-5)  # an account with two audit entries on a big log
     p = plan()
     curve = json.dumps(job_curve(p.rdp, p.noise_multiplier, p.sample_rate, p.steps))
     ts = "2026-12-01T00:00:00.000000Z"
@@ -151,12 +153,13 @@ def bench_show(tmp: Path, jobs: int, runs: int) -> dict[str, Any]:
                 cli[k].append(dt)
                 inproc[k].append(dt_in)
     conn = sqlite3.connect(full_path)
-    hist: dict[str, list[float]] = {"index": [], "scan": []}
+    hist: dict[str, list[float]] = {"busy_index": [], "busy_scan": [], "fresh_index": [], "fresh_scan": []}
     for _ in range(runs):
-        for k, hint in (("index", ""), ("scan", " NOT INDEXED")):
-            t = time.perf_counter()
-            conn.execute(f"SELECT * FROM audit{hint} WHERE user_id = 'u3' ORDER BY id").fetchall()
-            hist[k].append(time.perf_counter() - t)
+        for who, uid in (("busy", "u3"), ("fresh", "fresh")):
+            for k, hint in (("index", ""), ("scan", " NOT INDEXED")):
+                t = time.perf_counter()
+                conn.execute(f"SELECT * FROM audit{hint} WHERE user_id = ? ORDER BY id", (uid,)).fetchall()
+                hist[f"{who}_{k}"].append(time.perf_counter() - t)
     conn.close()
     e, f = median(cli["empty"]), median(cli["full"])
     ie, if_ = median(inproc["empty"]), median(inproc["full"])

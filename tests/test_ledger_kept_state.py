@@ -29,8 +29,7 @@ from pandacead.accounting import (
     summarize,
 )
 from pandacead.errors import JobRejected
-from pandacead.ledger import Ledger
-from pandacead.ledger import filter_state
+from pandacead.ledger import Ledger, filter_state
 
 ACCOUNTS = ("ann", "bob", "cy")
 DATASETS = ("d1", "d2", None)  # None: a spend that names no dataset (counts against every dataset)
@@ -50,10 +49,10 @@ def plan(rng: random.Random) -> SimpleNamespace:
                            sample_rate=None, steps=None, accountant=None)
 
 
-def exact(fn) -> str:  # type: ignore[no-untyped-def]
-    """repr of the result (float reprs round-trip: equal reprs are equal bits), or that it refused."""
+def exact(fn, *args, **kw) -> str:  # type: ignore[no-untyped-def]
+    """repr of fn's result (float reprs round-trip: equal reprs are equal bits), or that it refused."""
     try:
-        return repr(fn())
+        return repr(fn(*args, **kw))
     except ValueError:
         return "ValueError"
 
@@ -72,14 +71,14 @@ def check(led: Ledger, probe: SimpleNamespace) -> None:
         spends = led._accounting_spends(uid, ds)
         every, committed = led._kept(uid, ds)
         share = led.approx_delta_share
-        assert exact(lambda: every.renyi(share)) == exact(lambda: RenyiFilter.from_spends(spends, share))
-        assert exact(lambda: committed.renyi(share)) == exact(
-            lambda: RenyiFilter.from_spends([s for s in spends if not s.reserved], share))
+        assert exact(every.renyi, share) == exact(RenyiFilter.from_spends, spends, share)
+        assert exact(committed.renyi, share) == exact(
+            RenyiFilter.from_spends, [s for s in spends if not s.reserved], share)
         for mode in ("basic", "rdp"):
-            assert exact(lambda: filter_state.admit_kept(every, job, eb, db, mode, share)) == exact(
-                lambda: admit(spends, job, eb, db, mode=mode, approx_share=share))
-            assert exact(lambda: filter_state.summarize_kept(every, committed, eb, db, mode, share)) == exact(
-                lambda: summarize(spends, eb, db, mode, share))
+            assert exact(filter_state.admit_kept, every, job, eb, db, mode, share) == exact(
+                admit, spends, job, eb, db, mode=mode, approx_share=share)
+            assert exact(filter_state.summarize_kept, every, committed, eb, db, mode, share) == exact(
+                summarize, spends, eb, db, mode, share)
 
 
 def open_ledger(path: Path, mode: str) -> Ledger:
