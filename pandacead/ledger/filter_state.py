@@ -22,6 +22,7 @@ since the oldest reservation still open, not the length of the history.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import struct
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import Any
 from pandacead.accounting import (
     MODES,
     RDP_ORDERS,
+    Charge,
     Decision,
     RenyiFilter,
     Spend,
@@ -38,9 +40,20 @@ from pandacead.accounting import (
     _check_eps_delta,
     admit_basic,
     charge_for,
+    curve_from_json,
 )
 
 _N = len(RDP_ORDERS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _stored_curve(rdp: str) -> tuple[float, ...]:
+    """`curve_from_json` of a stored curve; jobs of one shape store the same text."""
+    curve = curve_from_json(rdp)
+    assert curve is not None
+    return curve
+
+
 _ZERO = (0.0,) * _N
 _PACK = struct.Struct(f"<{_N}d")
 
@@ -74,7 +87,10 @@ class Fold:
             return Fold(b_eps, b_delta, self.prefix_epsilon, self.prefix_delta, self.curve,
                         self.max_divergence, self.approx_delta, self.jobs + 1, self.error)
         try:
-            charge = charge_for(epsilon, delta, rdp)
+            if isinstance(rdp, str):  # a stored curve: the charge is its parse (memoised), as charge_for
+                charge = Charge(curve=_stored_curve(rdp), kind="rdp")
+            else:
+                charge = charge_for(epsilon, delta, rdp)
         except ValueError as exc:
             return Fold(b_eps, b_delta, self.prefix_epsilon, self.prefix_delta, self.curve,
                         self.max_divergence, self.approx_delta, self.jobs + 1, str(exc))
