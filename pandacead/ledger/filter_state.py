@@ -222,7 +222,14 @@ def kept_state(
     conn: sqlite3.Connection, kind: str, name: str, count_legacy: bool = False, *, write: bool = False
 ) -> tuple[Fold, Fold]:
     """(every spend, committed spends) folded for an account or a dataset; with `write`
-    (inside a write transaction) the checkpoint moves over the tail's leading committed run."""
+    (inside a write transaction) the checkpoint moves over the tail's leading committed run.
+    Outside a transaction the checkpoint and the tail are read in one snapshot."""
+    if not conn.in_transaction:
+        conn.execute("BEGIN")
+        try:
+            return kept_state(conn, kind, name, count_legacy, write=False)
+        finally:
+            conn.execute("COMMIT")
     row = conn.execute(
         f"SELECT upto, count_legacy, {STATE_COLUMNS} FROM filter_state WHERE kind = ? AND name = ?", (kind, name)
     ).fetchone()
