@@ -48,6 +48,7 @@ summation order; the guarantee is therefore ``(ε_B·(1+1e-12), δ_B·(1+1e-12))
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -485,9 +486,17 @@ def job_curve(
     if declared is None:
         return None
     if noise_multiplier is not None and sample_rate is not None and steps is not None:
-        own = subsampled_gaussian_rdp(sample_rate, noise_multiplier, steps)
-        declared = tuple(max(d, own[a]) for d, a in zip(declared, RDP_ORDERS))
+        own = _gaussian_curve(sample_rate, noise_multiplier, steps)
+        declared = tuple(max(d, o) for d, o in zip(declared, own))
     return curve_to_json(declared)
+
+
+@functools.lru_cache(maxsize=1024)
+def _gaussian_curve(q: float, sigma: float, steps: int) -> tuple[float, ...]:
+    """`subsampled_gaussian_rdp` at RDP_ORDERS, memoised: a pure function of (q, σ, steps)
+    that costs milliseconds in pure Python, asked again for every job of the same shape."""
+    own = subsampled_gaussian_rdp(q, sigma, steps)
+    return tuple(own[a] for a in RDP_ORDERS)
 
 
 def charge_for(epsilon: float, delta: float, rdp: Mapping[Any, Any] | str | None = None) -> Charge:
@@ -735,29 +744,34 @@ def admit(
     spends = list(spends)
     if mode == "basic":
         eps, delta = basic_spent([*spends, job])
-        if not _fits(eps, eps_budget):
-            return Decision(
-                False,
-                f"the job's ε={job.epsilon:g} would bring the spent ε to {eps:.6g}, "
-                f"over the budget ε={eps_budget:g}",
-                eps,
-                delta,
-            )
-        if not _fits(delta, delta_budget):
-            return Decision(
-                False,
-                f"the job's δ={job.delta:.3g} would bring the spent δ to {delta:.3g}, "
-                f"over the budget δ={delta_budget:.3g}",
-                eps,
-                delta,
-            )
-        return Decision(
-            True, f"admitted: the spent ε would be {eps:.6g} of {eps_budget:g}", eps, delta
-        )
+        return admit_basic(eps, delta, job, eps_budget, delta_budget)
     if mode == "rdp":
         state = RenyiFilter.from_spends(spends, approx_share)
         return state.admit(charge_for(job.epsilon, job.delta, job.rdp), eps_budget, delta_budget)
     raise ValueError(f"unknown accounting mode {mode!r} (expected 'basic' or 'rdp')")
+
+
+def admit_basic(eps: float, delta: float, job: Spend, eps_budget: float, delta_budget: float) -> Decision:
+    """The `basic` decision once (Σε, Σδ) with the job is known."""
+    if not _fits(eps, eps_budget):
+        return Decision(
+            False,
+            f"the job's ε={job.epsilon:g} would bring the spent ε to {eps:.6g}, "
+            f"over the budget ε={eps_budget:g}",
+            eps,
+            delta,
+        )
+    if not _fits(delta, delta_budget):
+        return Decision(
+            False,
+            f"the job's δ={job.delta:.3g} would bring the spent δ to {delta:.3g}, "
+            f"over the budget δ={delta_budget:.3g}",
+            eps,
+            delta,
+        )
+    return Decision(
+        True, f"admitted: the spent ε would be {eps:.6g} of {eps_budget:g}", eps, delta
+    )
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pandacead.accounting import Decision, Spend, admit, job_curve, summarize
+from pandacead.accounting import Decision, Spend, admit, job_curve
 from pandacead.errors import JobRejected
+from pandacead.ledger import filter_state
 from pandacead.ledger.policy import BUILTIN_PUBLIC, DatasetPolicy, effective_budget, policy_for
 
 # Relative slack for float comparisons: 10 jobs of 1e-5 add up to
@@ -248,6 +249,41 @@ def m004_audit_refuses_replace(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def m005_filter_state(db: sqlite_utils.Database) -> None:
+    """The kept filter state (ledger/filter_state.py): per account and per dataset, the fold of the
+    committed spends up to a rowid, so admission and `budget show` no longer re-read every past
+    curve. Built here for the spends already recorded."""
+    db.execute(
+        """CREATE TABLE filter_state (
+            kind TEXT NOT NULL CHECK (kind IN ('account', 'dataset')),
+            name TEXT NOT NULL,
+            upto INTEGER NOT NULL,
+            count_legacy INTEGER NOT NULL DEFAULT 0,
+            basic_epsilon REAL NOT NULL,
+            basic_delta REAL NOT NULL,
+            prefix_epsilon REAL NOT NULL,
+            prefix_delta REAL NOT NULL,
+            curve BLOB NOT NULL,
+            max_divergence REAL NOT NULL,
+            approx_delta REAL NOT NULL,
+            jobs INTEGER NOT NULL,
+            error TEXT,
+            PRIMARY KEY (kind, name)
+        )"""
+    )
+    # The tail after a checkpoint is read by (user_id, rowid) and (dataset, rowid).
+    db.execute("CREATE INDEX IF NOT EXISTS spends_user_rowid ON spends(user_id)")
+    db.execute("CREATE INDEX IF NOT EXISTS spends_dataset_rowid ON spends(dataset)")
+    filter_state.build_all(db.conn)
+
+
+@migration
+def m006_audit_by_account(db: sqlite_utils.Database) -> None:
+    """`budget history USER` and `Ledger.audit(user)` read the audit log by account."""
+    db.execute("CREATE INDEX IF NOT EXISTS audit_user ON audit(user_id, id)")
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -319,6 +355,7 @@ class Ledger:
         self.composition = composition
         self.approx_delta_share = float(approx_delta_share)
         self.actor = actor
+        self._writing = False  # inside `transaction()`: the kept filter state may be written
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=busy_timeout, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
@@ -405,6 +442,7 @@ class Ledger:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+        self._writing = True
         try:
             yield self.conn
         except BaseException:
@@ -412,6 +450,8 @@ class Ledger:
             raise
         else:
             self.conn.execute("COMMIT")
+        finally:
+            self._writing = False
 
     def _audit(
         self,
@@ -523,6 +563,15 @@ class Ledger:
                 f"Job {job_id}: its privacy cost (ε={eps}, δ={delta}) is not usable.",
                 ["privacy cost must be finite, ε > 0 and 0 < δ < 1"],
             )
+        # The curve is a pure function of the plan (memoised): computed before taking the write lock.
+        curve_error: ValueError | None = None
+        try:
+            curve = job_curve(
+                getattr(plan, "rdp", None), getattr(plan, "noise_multiplier", None),
+                getattr(plan, "sample_rate", None), getattr(plan, "steps", None),
+            )
+        except ValueError as exc:
+            curve, curve_error = None, exc
         with self.transaction() as conn:
             if self.spend(job_id, scope) is not None:
                 raise JobRejected(
@@ -536,10 +585,8 @@ class Ledger:
                     [f"account: {user_id!r} is not registered"],
                 )
             user = self._ensure_user(user_id)
-            curve = job_curve(
-                getattr(plan, "rdp", None), getattr(plan, "noise_multiplier", None),
-                getattr(plan, "sample_rate", None), getattr(plan, "steps", None),
-            )
+            if curve_error is not None:
+                raise curve_error
             reason = self._admission_problem(user, eps, delta, curve)
             if reason:
                 raise JobRejected(reason, [f"budget: {reason}"])
@@ -617,14 +664,42 @@ class Ledger:
         return out
 
     def _decide(
-        self, spends: list[Spend], eps: float, delta: float, curve: dict[str, float] | None,
+        self, spends: list[Spend] | filter_state.Fold, eps: float, delta: float, curve: dict[str, float] | None,
         eps_budget: float, delta_budget: float,
     ) -> Decision:
-        """Whether a job fits on top of `spends` under the active mode (raises ValueError if malformed)."""
+        """Whether a job fits on top of `spends` (a list, or their kept fold) under the active mode
+        (raises ValueError if malformed)."""
+        job = Spend(eps, delta, curve, self.composition)
+        if isinstance(spends, filter_state.Fold):
+            return filter_state.admit_kept(
+                spends, job, eps_budget, delta_budget, self.composition, self.approx_delta_share
+            )
         return admit(
-            spends, Spend(eps, delta, curve, self.composition), eps_budget, delta_budget,
-            mode=self.composition, approx_share=self.approx_delta_share,
+            spends, job, eps_budget, delta_budget, mode=self.composition, approx_share=self.approx_delta_share,
         )
+
+    def _kept(
+        self, user_id: str | None = None, dataset: dict[str, Any] | None = None, *, write: bool = False
+    ) -> tuple[filter_state.Fold, filter_state.Fold]:
+        """(all, committed) spends of an account or a dataset row folded from the kept state
+        (the same spends as `_accounting_spends`); `write` moves the checkpoint (in a transaction)."""
+        if dataset is None:
+            assert user_id is not None
+            return filter_state.kept_state(self.conn, "account", user_id, write=write)
+        return filter_state.kept_state(
+            self.conn, "dataset", dataset["dataset"], bool(dataset["count_legacy"]), write=write
+        )
+
+    def _advance(self, user_id: str, dataset: str | None) -> None:
+        """Inside a write transaction after a settlement: the checkpoints move over what is now final."""
+        try:
+            self._kept(user_id, write=True)
+            if dataset is not None:
+                row = self._dataset_row(dataset)
+                self._kept(dataset={"dataset": dataset, "count_legacy": 1 if row is None else row["count_legacy"]},
+                           write=True)
+        except ValueError:
+            pass  # a malformed spend stays in the tail; admission refuses on it as before
 
     def summary(self, user_id: str) -> dict[str, Any]:
         """`budget show` for one user: the ledger's figures under the active composition mode."""
@@ -632,9 +707,8 @@ class Ledger:
         out = b.to_dict()
         out["composition"] = self.composition
         if self.composition == "rdp" and b.known:
-            s = summarize(
-                self._accounting_spends(user_id), b.epsilon_budget, b.delta_budget, "rdp",
-                self.approx_delta_share,
+            s = filter_state.summarize_kept(
+                *self._kept(user_id), b.epsilon_budget, b.delta_budget, "rdp", self.approx_delta_share,
             )
             out.update(
                 epsilon_spent=s.epsilon_spent, epsilon_reserved=s.epsilon_reserved,
@@ -653,7 +727,8 @@ class Ledger:
         if self.composition == "rdp":
             try:
                 decision = self._decide(
-                    self._accounting_spends(uid), eps, delta, curve, user["epsilon_budget"], user["delta_budget"]
+                    self._kept(uid, write=self._writing)[0], eps, delta, curve, user["epsilon_budget"],
+                    user["delta_budget"],
                 )
             except ValueError as exc:
                 return f"User {uid}'s privacy spend cannot be computed ({exc}); the job is refused."
@@ -694,7 +769,8 @@ class Ledger:
         )
         try:
             decision = self._decide(
-                self._accounting_spends(dataset=ds), eps, delta, curve, ds["epsilon_budget"], ds["delta_budget"]
+                self._kept(dataset=ds, write=self._writing)[0], eps, delta, curve,
+                ds["epsilon_budget"], ds["delta_budget"],
             )
         except ValueError:
             return refusal
@@ -737,7 +813,7 @@ class Ledger:
                 "user_id": account, "epsilon_budget": self.default_epsilon, "delta_budget": self.default_delta,
                 "epsilon_spent": 0.0, "delta_spent": 0.0, "epsilon_reserved": 0.0, "delta_reserved": 0.0,
             }
-            spends = self._accounting_spends(account) if row is not None else []
+            spends = self._kept(account) if row is not None else (filter_state.EMPTY, filter_state.EMPTY)
             before = self._remaining(spends, user["epsilon_budget"], user["delta_budget"], user)
             reason = self._admission_problem(user, eps, delta, curve)
             out["account_fits"] = reason is None
@@ -750,7 +826,7 @@ class Ledger:
                 if ds["public"]:
                     out["dataset_fits"] = True
                 else:
-                    ds_spends = self._accounting_spends(dataset=ds)
+                    ds_spends = self._kept(dataset=ds)
                     d_before = self._remaining(ds_spends, ds["epsilon_budget"], ds["delta_budget"])
                     problem = self._dataset_problem(ds, "(preview)", eps, delta, curve)
                     out["dataset_fits"] = problem is None
@@ -768,21 +844,24 @@ class Ledger:
             self.conn.execute("ROLLBACK")
 
     def _remaining(
-        self, spends: list[Spend], eps_budget: float, delta_budget: float, user: dict[str, Any] | None = None
+        self, spends: tuple[filter_state.Fold, filter_state.Fold], eps_budget: float, delta_budget: float,
+        user: dict[str, Any] | None = None,
     ) -> float:
         if self.composition == "basic" and user is not None:
             return max(0.0, user["epsilon_budget"] - user["epsilon_spent"] - user["epsilon_reserved"])
-        s = summarize(spends, eps_budget, delta_budget, self.composition, self.approx_delta_share)
+        s = filter_state.summarize_kept(
+            *spends, eps_budget, delta_budget, self.composition, self.approx_delta_share
+        )
         return s.epsilon_remaining
 
     def _remaining_after(
-        self, spends: list[Spend], eps: float, delta: float, curve: dict[str, float] | None,
+        self, spends: tuple[filter_state.Fold, filter_state.Fold], eps: float, delta: float, curve: dict[str, float] | None,
         eps_budget: float, delta_budget: float, before: float,
     ) -> float | None:
         if self.composition == "basic":
             return max(0.0, before - eps)
         try:
-            d = self._decide(spends, eps, delta, curve, eps_budget, delta_budget)
+            d = self._decide(spends[0], eps, delta, curve, eps_budget, delta_budget)
         except ValueError:
             return None
         return max(0.0, eps_budget - d.epsilon_after)
@@ -856,8 +935,10 @@ class Ledger:
         `epsilon_remaining` are None; spent and reserved are still reported (what buyers paid with their allowances).
         """
         ds = self._dataset_view(self.policy(name))
-        spends = self._accounting_spends(dataset=ds)
-        s = summarize(spends, ds["epsilon_budget"], ds["delta_budget"], self.composition, self.approx_delta_share)
+        s = filter_state.summarize_kept(
+            *self._kept(dataset=ds), ds["epsilon_budget"], ds["delta_budget"], self.composition,
+            self.approx_delta_share,
+        )
         legacy = self.conn.execute(
             "SELECT count(*) FROM spends WHERE dataset IS NULL AND state IN ('reserved', 'committed')"
             " AND NOT dataset_forgotten"
@@ -931,6 +1012,7 @@ class Ledger:
                 "UPDATE spends SET dataset_forgotten = 1 WHERE dataset = ? AND state = 'committed'", (name,)
             )
             conn.execute("UPDATE datasets SET count_legacy = 0, updated_at = ? WHERE dataset = ?", (now(), name))
+            filter_state.forget(conn, "dataset", name, False)
             after = self.dataset_summary(name)
             keys = ("epsilon_spent", "delta_spent", "epsilon_reserved", "legacy_spends")
             self._audit("dataset_reset", None, None, {k: before[k] for k in keys}, {k: after[k] for k in keys},
@@ -1028,6 +1110,7 @@ class Ledger:
                 "committed", uid, job_id, _budget_fields(before), _budget_fields(self._user_row(uid)),
                 {"epsilon": epsilon, "delta": delta},
             )
+            self._advance(uid, row["dataset"])
 
     def release(self, job_id: str, reason: str, owner: str | None = None, scope: str = "") -> bool:
         """Free a reservation whose job published nothing. False if there was nothing to release.
@@ -1062,6 +1145,7 @@ class Ledger:
             "released", uid, job_id, _budget_fields(before), _budget_fields(self._user_row(uid)),
             {"reason": reason[:500]},
         )
+        self._advance(uid, row["dataset"])
         return True
 
     def _charge_reserved(self, job_id: str, reason: str, owner: str | None, scope: str = "") -> bool:
@@ -1089,6 +1173,7 @@ class Ledger:
             "committed", uid, job_id, _budget_fields(before), _budget_fields(self._user_row(uid)),
             {"epsilon": eps, "delta": delta, "failed": True},
         )
+        self._advance(uid, row["dataset"])
         return True
 
     def set_budget(
@@ -1131,6 +1216,7 @@ class Ledger:
             conn.execute(
                 "UPDATE spends SET account_forgotten = 1 WHERE user_id = ? AND state = 'committed'", (user_id,)
             )
+            filter_state.forget(conn, "account", user_id)
             after = self._user_row(user_id)
             assert after is not None
             self._audit("budget_reset", user_id, None, _budget_fields(before), _budget_fields(after))
