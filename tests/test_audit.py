@@ -82,25 +82,42 @@ def test_audit_catches_opacus_with_noise_seeded_from_the_job_seed():
 
 @pytest.mark.slow
 @pytest.mark.opacus
-def test_opacus_with_noise_forced_near_zero_fails_the_gate(monkeypatch):
+@pytest.mark.parametrize("path", ["opacus", "bookkeeping"])
+def test_opacus_with_noise_forced_near_zero_fails_the_gate(monkeypatch, path):
+    """A silent bug: the accountant still believes σ, the noise is 1000× smaller — in Opacus's
+    optimizers (fast_path off) and in the book-keeping fast path (issue 20) alike."""
+    import dataclasses
+
     trainer = _opacus()
-    import opacus.optimizers.optimizer as opt
+    ctx = fast_ctx()
+    if path == "opacus":
+        import opacus.optimizers.optimizer as opt
 
-    real = opt._generate_noise
+        real = opt._generate_noise
 
-    def almost_no_noise(std, reference, generator=None, secure_mode=False):
-        return real(std * 1e-3, reference, generator=generator, secure_mode=secure_mode)
+        def almost_no_noise(std, reference, generator=None, secure_mode=False):
+            return real(std * 1e-3, reference, generator=generator, secure_mode=secure_mode)
 
-    # The accountant still believes σ; the noise is 1000× smaller (a silent bug).
-    monkeypatch.setattr(opt, "_generate_noise", almost_no_noise)
-    try:
-        import opacus.optimizers.optimizer_fast_gradient_clipping as ghost
+        monkeypatch.setattr(opt, "_generate_noise", almost_no_noise)
+        try:
+            import opacus.optimizers.optimizer_fast_gradient_clipping as ghost
 
-        monkeypatch.setattr(ghost, "_generate_noise", almost_no_noise)
-    except ImportError:
-        pass
+            monkeypatch.setattr(ghost, "_generate_noise", almost_no_noise)
+        except ImportError:
+            pass
+        ctx = dataclasses.replace(ctx, fast_path="off")
+    else:
+        from pandacead_opacus import fastpath
+
+        init = fastpath.BookkeepingDPSGD.__init__
+
+        def quiet_init(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            self.std *= 1e-3
+
+        monkeypatch.setattr(fastpath.BookkeepingDPSGD, "__init__", quiet_init)
     with pytest.raises(AssertionError, match="privacy audit shows ε ≥"):
-        check_audit(trainer, fast_ctx(), seed=3, runs=80)
+        check_audit(trainer, ctx, seed=3, runs=80)
 
 
 @pytest.mark.slow
