@@ -546,9 +546,11 @@ class Pipeline:
             return dataclasses.replace(result, provenance=prov), "public"
         # `diverged` (a flag decided on the DP model) and the DP scores a trainer computed with
         # a mechanism its plan charged (a search's noisy validation score): nothing else.
+        # A `*_dp` score only for a search (the only plan that prices one), and only as the
+        # search releases it: a finite number clamped into [0, 1] or >= 0 (loss).
         metrics = {k: result.metrics[k] for k in DP_METRICS
                    if isinstance(result.metrics.get(k), bool)
-                   or (k.endswith("_dp") and isinstance(result.metrics.get(k), float))}
+                   or (job.search and k.endswith("_dp") and _released_score(k, result.metrics.get(k)))}
         prov = {k: v for k, v in prov.items() if k in RELEASED_PROVENANCE or k.endswith("_version")}
         params = {k: v for k, v in result.training_params.items() if not _timing_key(k)}
         n = info.public_n_train
@@ -916,6 +918,13 @@ class Pipeline:
 def _scope(spooled: Path) -> str:
     """The job_id namespace and outbox of a spooled file: its buyer account, or '' (the admin's)."""
     return spooled_account(spooled) or ""
+
+
+def _released_score(key: str, value: Any) -> bool:
+    """A search's noisy score in the form the search releases it (anything else is not released)."""
+    if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value):
+        return False
+    return 0.0 <= value <= 1.0 if key == "validation_accuracy_dp" else value >= 0.0
 
 
 def _timing_key(key: str) -> bool:
