@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from pandacead.jobs import Job
 from pandacead.pipeline import Pipeline, cancel_path
-from pandacead.trainers import TrainResult
+from pandacead.trainers import TrainerContext, TrainResult
 
 
 def _job(job_id: str = "a1", **kw):
@@ -61,34 +62,72 @@ def test_a_dp_metric_that_is_not_a_finite_number_in_range_is_dropped(tmp_path):
         assert "validation_accuracy_dp" not in out.metrics, bad
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cancel requests are keyed by job_id alone (state/cancel/<job_id>, pandacead/pipeline.py cancel_path), "
-    "while job ids are per account since #13: `pandacead jobs cancel J` for alice's running J also stops "
-    "(and charges) bob's J, or refuses bob's queued J instead of alice's; needs a scope in the path and "
-    "`jobs cancel --account`"))
 def test_a_cancel_for_one_accounts_job_does_not_touch_another_accounts_job_with_the_same_id(tmp_path):
-    settings = SimpleNamespace(state=tmp_path / "state")
-    req = cancel_path(settings, "j1", scope="alice")  # what `jobs cancel j1 --account alice` would write
-    req.parent.mkdir(parents=True, exist_ok=True)
+    """Attack (sybil pair): bob names his job like alice's. The admin cancels alice's "j1"; before
+    the fix the request was state/cancel/j1 for every account, so bob's "j1" was refused (or, running,
+    stopped and charged) as well, and `jobs cancel` could not say whose job it meant."""
+    import json
+
+    from conftest import cli, job, make_home, run_once
+
+    home = make_home(tmp_path / "home", backend="mock")
+    for name in ("alice", "bob"):
+        r = cli(home, "buyers", "add", name, "--home", str(home), "--json")
+        assert r.returncode == 0, r.stderr.decode()
+        (home / "inbox" / name / "j1.json").write_text(json.dumps(job("j1", user_id=name)))
+    r = cli(home, "jobs", "cancel", "j1", "--account", "alice", "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    assert not (home / "state" / "cancel" / "j1").exists()  # not the admin's (nor anyone else's) j1
+    r = run_once(home)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    alice = json.loads((home / "outbox" / "alice" / "j1.error.json").read_text())
+    assert "cancelled before it started" in alice["error"]
+    assert (home / "outbox" / "bob" / "j1.json").exists()  # bob's job ran
+    assert not (home / "outbox" / "bob" / "j1.error.json").exists()
+    assert cli(home, "jobs", "cancel", "j1", "--account", "carol").returncode != 0  # nothing of carol's
+    # The scope-aware path itself: one account's request is not another's.
+    settings = SimpleNamespace(state=tmp_path / "s")
+    req = cancel_path(settings, "j1", scope="alice")
+    req.parent.mkdir(parents=True)
     req.write_text("{}")
     pipe = SimpleNamespace(settings=settings)
     assert Pipeline.cancel_requested(pipe, "j1", scope="alice")
     assert not Pipeline.cancel_requested(pipe, "j1", scope="bob")
+    assert not Pipeline.cancel_requested(pipe, "j1", scope="")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "checkpoints live under state/checkpoints/<job_id> (pandacead_opacus/checkpoint.py job_dir, "
-    "pipeline.drop_checkpoints) for every account: bob's job J (same id as alice's) overwrites or removes "
-    "alice's checkpoint (a fingerprint mismatch is 'ignored and removed'), so a handed-back job restarts "
-    "from scratch. Not a privacy leak (the fingerprint includes the scoped noise seed, and a restart redraws "
-    "the same noise), but one buyer can make another's long job lose its progress"))
-def test_checkpoint_directories_are_per_account(tmp_path):
-    pytest.importorskip("safetensors")
-    from pandacead_opacus import checkpoint
+def test_one_accounts_job_neither_finds_nor_removes_another_accounts_checkpoint_of_the_same_id(tmp_path):
+    """Attack (sybil pair): bob names his job like alice's long, checkpointed job. Before the fix both
+    lived in state/checkpoints/<job_id>: bob's run removed alice's checkpoint (another fingerprint:
+    "ignored and removed") and bob's end dropped the directory, so alice's handed-back job restarted
+    from scratch. (No privacy loss: the fingerprint holds the scoped noise seed.)"""
+    import threading
 
-    a = checkpoint.job_dir(tmp_path, "j1", scope="alice")
-    b = checkpoint.job_dir(tmp_path, "j1", scope="bob")
-    assert a != b
+    from pandacead.pipeline import CHECKPOINTS_DIR
+
+    state = tmp_path / "state"
+    state.mkdir()
+    ctx = TrainerContext(datasets={}, state_dir=str(state), options={"checkpoints": True})
+    pipe = SimpleNamespace(noise_key=b"k" * 32, ctx=ctx, settings=SimpleNamespace(state=state),
+                           _local=threading.local())
+    roots = {}
+    for scope in ("alice", "bob", ""):
+        pipe._local.scope = scope
+        roots[scope] = Path(Pipeline.job_context(pipe, _job("j1")).options["job_state_dir"])
+    assert len(set(roots.values())) == 3 and roots[""] == state
+    for root in roots.values():
+        (root / CHECKPOINTS_DIR / "j1").mkdir(parents=True)
+        (root / CHECKPOINTS_DIR / "j1" / "epoch.safetensors").write_bytes(b"x")
+    pipe._local.scope = "bob"
+    Pipeline.drop_checkpoints(pipe, "j1")  # bob's job ended
+    assert not (roots["bob"] / CHECKPOINTS_DIR / "j1").exists()
+    assert (roots["alice"] / CHECKPOINTS_DIR / "j1" / "epoch.safetensors").exists()
+    assert (roots[""] / CHECKPOINTS_DIR / "j1" / "epoch.safetensors").exists()
+    pytest.importorskip("opacus")
+    from pandacead_opacus.checkpoint import Checkpoint
+
+    paths = {Checkpoint(str(r), {"job_id": "j1"}, {}, 1).path for r in roots.values()}
+    assert len(paths) == 3
 
 
 def test_search_release_carries_no_k_candidates_or_exact_score():
