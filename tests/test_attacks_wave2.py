@@ -173,3 +173,28 @@ def test_search_release_carries_no_k_candidates_or_exact_score():
     assert out.training_params["search"].keys() == {"distribution", "mean", "shape", "validation_fraction",
                                                     "score_noise"}
     assert k >= 1 and len(scores) == k  # the host saw K scores; the buyer gets one number
+
+
+def test_a_searched_model_carries_its_datasets_preprocessing(tmp_path):
+    """Found while attacking the search: its early return skipped `attach_released_preprocessing`,
+    so the released model of a bounded dataset expected scaled inputs but did not say how
+    (a buyer predicting from raw values got garbage). Not a leak; a broken release."""
+    pytest.importorskip("opacus")
+    from pandacead_opacus import models
+    from pandacead_opacus.trainer import OpacusTrainer
+    from test_utility import SPEC, ctx_for, table, write_csv
+
+    from pandacead import datasets
+    from pandacead.jobs import DPParams
+
+    write_csv(tmp_path / "t.csv", *table(300, 0))
+    info = datasets.describe("t", {**SPEC, "rows": 300}, tmp_path)  # private, with its declared count
+    ctx = ctx_for(info, tmp_path)
+    j = Job(job_id="r", user_id="u", dataset="t", epochs=1, batch_size=64, learning_rate=1.0,
+            dp=DPParams(epsilon=8.0, delta=1e-4),
+            search={"candidates": {"distribution": "geometric", "mean": 1.5}, "space": {"learning_rate": [0.5, 1.0]}})
+    trainer = OpacusTrainer()
+    result = trainer.train(j, trainer.plan(j, ctx), ctx, lambda e: None)
+    _, arch = models.load_model(result.model)
+    assert arch["preprocessing"]["classes"] == ["no", "yes"]
+    assert result.training_params["preprocessing"]["classes"] == ["no", "yes"]

@@ -407,6 +407,8 @@ class OpacusTrainer:
                 train_candidate=train_candidate, progress=progress,
             )
             result["provenance"]["backend"] = "opacus"
+            # The released candidate expects preprocessed inputs like any model of this dataset.
+            attach_released_preprocessing(result, info, base_dir)
             return TrainResult(**result)
         result = train_arrays(
             job.to_dict(),
