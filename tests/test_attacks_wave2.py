@@ -198,3 +198,15 @@ def test_a_searched_model_carries_its_datasets_preprocessing(tmp_path):
     _, arch = models.load_model(result.model)
     assert arch["preprocessing"]["classes"] == ["no", "yes"]
     assert result.training_params["preprocessing"]["classes"] == ["no", "yes"]
+
+
+def test_an_order_below_one_in_the_base_curve_cannot_lower_the_search_price():
+    """Attack on `tuning.repeat_and_select`: Theorem 2's λ̂ must be >= 1. An order below 1 in the
+    base curve makes (1 − 1/λ̂)·ε(λ̂) negative, and the minimum over λ̂ then undercharges every order."""
+    from pandacead import tuning
+
+    base = {float(a): tuning.gaussian_rdp(1.0, a) * 20 for a in (1.5, 2, 4, 8, 16, 32, 64)}
+    honest = tuning.repeat_and_select(base, 10, 0.0)
+    padded = tuning.repeat_and_select({**base, 0.5: 50.0}, 10, 0.0)
+    for a in base:
+        assert padded[a] >= honest[a] - 1e-12, (a, padded[a], honest[a])
