@@ -780,6 +780,24 @@ def _queued(s: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _queued_in_scope(s: Any, job_id: str, scope: str) -> bool:
+    """Is JOB_ID waiting in `scope`'s inbox ('' = the admin's) or in the spool, claimed from it?"""
+    from pandacead.accounts import buyer_inboxes
+    from pandacead.spool import original_name, scan, spooled_account
+
+    inbox = s.inbox if not scope else dict(buyer_inboxes(s.inbox)).get(scope)
+    if inbox is not None and any(e.name[:-5] == job_id for e in scan(inbox)):
+        return True
+    if s.spool.exists():
+        for d in s.spool.iterdir():
+            if d.is_dir():
+                for p in d.iterdir():
+                    if (not p.name.startswith(".") and original_name(p)[:-5] == job_id
+                            and (spooled_account(p) or "") == scope):
+                        return True
+    return False
+
+
 def _since(text: str | None) -> str | None:
     """--since: an ISO date/time, or a duration back from now (30m, 6h, 2d)."""
     if not text:
@@ -935,11 +953,18 @@ def jobs_list(home: str | None, statuses: tuple[str, ...], account: str | None, 
                            ("what", "DATASET / ERROR", 80)]))
 
 
-def _job_rows(s: Any, led: Any, job_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The job to show for JOB_ID (the one that succeeded, if one did, else the newest) and the others."""
+def _job_rows(
+    s: Any, led: Any, job_id: str, scope: str | None = None
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The job to show for JOB_ID (the one that succeeded, if one did, else the newest) and the others;
+    only those of `scope` ('' = the admin's inbox, else a buyer account) when it is given."""
     from pandacead.ledger import _job_row
 
-    rows = [_job_row(r) for r in led.query("SELECT * FROM jobs WHERE job_id = ? ORDER BY id DESC", [job_id])]
+    if scope is None:
+        found = led.query("SELECT * FROM jobs WHERE job_id = ? ORDER BY id DESC", [job_id])
+    else:
+        found = led.query("SELECT * FROM jobs WHERE job_id = ? AND scope = ? ORDER BY id DESC", [job_id, scope])
+    rows = [_job_row(r) for r in found]
     if not rows:
         return None, []
     main = next((r for r in rows if r["status"] == "succeeded"), rows[0])
@@ -1069,32 +1094,41 @@ def jobs_logs(job_id: str, home: str | None, as_json: bool) -> None:
 @click.argument("job_id")
 @click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
 @click.option("--wait", "wait_s", type=float, default=0.0, help="Seconds to wait for a running job to stop (0: do not wait).")
+@click.option("--account", default=None,
+              help="The buyer account whose JOB_ID to cancel (job ids are per account); default: the admin's inbox.")
 @click.option("--json", "as_json", is_flag=True)
-def jobs_cancel(job_id: str, home: str | None, wait_s: float, as_json: bool) -> None:
+def jobs_cancel(job_id: str, home: str | None, wait_s: float, account: str | None, as_json: bool) -> None:
     """Cancel JOB_ID: a queued job is removed with an error report (nothing charged); a running one is
     stopped by the daemon (its worker is killed) and charged its reservation, since it touched the data.
 
-    The request is a file state/cancel/<JOB_ID> the daemon watches while it plans and trains.
+    The request is a file state/cancel/<JOB_ID> (state/cancel/@<ACCOUNT>/<JOB_ID> with --account)
+    the daemon watches while it plans and trains; it stops only that account's JOB_ID.
     """
+    from pandacead.accounts import valid_account
     from pandacead.jobs import valid_job_id
 
     if not valid_job_id(job_id):
         raise click.BadParameter(f"{job_id!r} is not a valid job id.", param_hint="JOB_ID")
+    if account is not None and not valid_account(account):
+        raise click.BadParameter(f"{account!r} is not a valid account name.", param_hint="--account")
+    scope = account or ""
     s = _settings(home)
     led = _ledger(home, "cancel")
     from pandacead.pipeline import cancel_path
 
-    row, _ = _job_rows(s, led, job_id)
-    queued = [r for r in _queued(s) if r["job_id"] == job_id]
+    row, _ = _job_rows(s, led, job_id, scope=scope)
+    queued = _queued_in_scope(s, job_id, scope)
     if row is not None and row["status"] != "running" and not queued:
         raise click.ClickException(f"Job {job_id} already {row['status']}; there is nothing to cancel.")
     if row is None and not queued:
-        raise click.ClickException(f"No queued or running job {job_id} in {s.home}.")
-    req = cancel_path(s, job_id)
-    req.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        where = f"account {scope}'s jobs" if scope else "the admin's inbox (use --account for a buyer's job)"
+        raise click.ClickException(f"No queued or running job {job_id} in {where} of {s.home}.")
+    req = cancel_path(s, job_id, scope)
+    req.parent.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    req.parent.mkdir(exist_ok=True, mode=0o700)
     req.write_text(json.dumps({"job_id": job_id, "by": f"cli:{os.getenv('USER', 'unknown')}", "at": time.time()}))
     result: dict[str, Any] = {"job_id": job_id}
-    taken = _take_from_inbox(s, led, job_id)
+    taken = _take_from_inbox(s, led, job_id) if not scope else None  # a buyer's inbox is the buyer's to withdraw
     if taken is not None:
         req.unlink(missing_ok=True)
         result.update(status="rejected", was="queued", charged=False, report=str(taken))
@@ -1106,9 +1140,9 @@ def jobs_cancel(job_id: str, home: str | None, wait_s: float, as_json: bool) -> 
     result.update(was="running" if row is not None and row["status"] == "running" else "queued", requested=str(req))
     deadline = time.monotonic() + wait_s
     while wait_s and time.monotonic() < deadline:
-        r2, _ = _job_rows(s, led, job_id)
+        r2, _ = _job_rows(s, led, job_id, scope=scope)
         if r2 is not None and r2["status"] in ("rejected", "failed", "succeeded"):
-            spend = led.spend(job_id)
+            spend = led.spend(job_id, scope)
             result.update(status=r2["status"], error=r2.get("error"),
                           charged=bool(spend and spend["state"] == "committed" and spend.get("owner") == r2.get("owner")),
                           epsilon_charged=spend.get("epsilon") if spend else None)

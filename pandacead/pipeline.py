@@ -78,6 +78,15 @@ RELEASED_PROVENANCE = ("versions", "backend", "dataset", "dataset_version", "noi
 #: Under the state directory: one directory per job that a trainer may checkpoint into
 #: (`pandacead_opacus.checkpoint`); removed by the pipeline when the job ends.
 CHECKPOINTS_DIR = "checkpoints"
+#: Under the state directory: a buyer account's own state root (job ids are unique per account),
+#: state/scoped/<account>/ — what a trainer gets as ctx.options["job_state_dir"] for that account's jobs.
+SCOPED_DIR = "scoped"
+
+
+def job_state_dir(state: Any, scope: str = "") -> Path:
+    """The state root of the jobs of `scope`: the state directory for the admin's inbox,
+    state/scoped/<account>/ for a buyer's (so that one account's job J never meets another's J)."""
+    return Path(state) / SCOPED_DIR / scope if scope else Path(state)
 #: The job row's `error` while a job handed back at a stop waits in the spool (not a failed attempt).
 HANDED_BACK = "handed back: the daemon stopped; it resumes at the next start"
 
@@ -103,8 +112,11 @@ class Cancelled(JobFailed):
 CANCEL_DIR = "cancel"  # state/cancel/<job_id>: a cancel request `pandacead jobs cancel` leaves for the daemon
 
 
-def cancel_path(settings: Any, job_id: str) -> Path:
-    return Path(settings.state) / CANCEL_DIR / job_id
+def cancel_path(settings: Any, job_id: str, scope: str = "") -> Path:
+    """The cancel request of `job_id` in `scope`: state/cancel/<job_id> for the admin's inbox,
+    state/cancel/@<account>/<job_id> for a buyer's (job ids are unique per scope only; no id has an '@')."""
+    base = Path(settings.state) / CANCEL_DIR
+    return base / f"@{scope}" / job_id if scope else base / job_id
 
 
 def history_path(settings: Any, row_id: int) -> Path:
@@ -197,8 +209,10 @@ class Pipeline:
             return self.ctx
         # The scope (buyer account, or "" for the admin's inbox) of the file being processed:
         # job_ids are unique only within it (Pipeline.process sets it).
-        seed = noise_seed(self.noise_key, job.job_id, job.seed, getattr(self._local, "scope", ""))
-        return dataclasses.replace(self.ctx, options={**self.ctx.options, "noise_seed": seed})
+        scope = getattr(self._local, "scope", "")
+        seed = noise_seed(self.noise_key, job.job_id, job.seed, scope)
+        return dataclasses.replace(self.ctx, options={**self.ctx.options, "noise_seed": seed,
+                                                      "job_state_dir": str(job_state_dir(self.ctx.state_dir, scope))})
 
     def _trainer_call(self, trainer: Any, op: str, job: Job, plan: PrivacyPlan | None, progress: Any) -> Any:
         ctx = self.job_context(job)
@@ -234,19 +248,22 @@ class Pipeline:
 
     # -- cancellation (pandacead jobs cancel) ---------------------------------
 
-    def cancel_requested(self, job_id: str) -> bool:
-        return os.path.lexists(cancel_path(self.settings, job_id))
+    def cancel_requested(self, job_id: str, scope: str | None = None) -> bool:
+        """Is there a cancel request for `job_id` in `scope` (default: the scope of the file this thread processes)?"""
+        if scope is None:
+            scope = getattr(self._local, "scope", "")
+        return os.path.lexists(cancel_path(self.settings, job_id, scope))
 
     def _refuse_if_cancelled(self, job: Job) -> None:
         if self.cancel_requested(job.job_id):
             with contextlib.suppress(OSError):
-                os.unlink(cancel_path(self.settings, job.job_id))
+                os.unlink(cancel_path(self.settings, job.job_id, getattr(self._local, "scope", "")))
             raise JobRejected(f"Job {job.job_id} was cancelled before it started; nothing was charged.",
                               ["cancelled: before training"])
 
     def _cancelled(self, job: Job) -> Cancelled:
         with contextlib.suppress(OSError):
-            os.unlink(cancel_path(self.settings, job.job_id))
+            os.unlink(cancel_path(self.settings, job.job_id, getattr(self._local, "scope", "")))
         return Cancelled(
             f"Job {job.job_id} was cancelled while training; it had touched the data, so its reservation is charged.",
             ["cancelled: while training (charged)"],
@@ -256,10 +273,11 @@ class Pipeline:
     def _cancel_watch(self, job: Job, w: Any) -> Any:
         """While a worker trains `job`, stop it (SIGKILL to its process group) if a cancel request appears."""
         done, cancelled = threading.Event(), threading.Event()
+        scope = getattr(self._local, "scope", "")  # the watcher thread has no thread-local scope
 
         def watch() -> None:
             while not done.wait(0.25):
-                if self.cancel_requested(job.job_id):
+                if self.cancel_requested(job.job_id, scope):
                     cancelled.set()
                     proc = getattr(w, "proc", None)
                     if proc is not None:
@@ -546,9 +564,11 @@ class Pipeline:
             return dataclasses.replace(result, provenance=prov), "public"
         # `diverged` (a flag decided on the DP model) and the DP scores a trainer computed with
         # a mechanism its plan charged (a search's noisy validation score): nothing else.
+        # A `*_dp` score only for a search (the only plan that prices one), and only as the
+        # search releases it: a finite number clamped into [0, 1] or >= 0 (loss).
         metrics = {k: result.metrics[k] for k in DP_METRICS
                    if isinstance(result.metrics.get(k), bool)
-                   or (k.endswith("_dp") and isinstance(result.metrics.get(k), float))}
+                   or (job.search and k.endswith("_dp") and _released_score(k, result.metrics.get(k)))}
         prov = {k: v for k, v in prov.items() if k in RELEASED_PROVENANCE or k.endswith("_version")}
         params = {k: v for k, v in result.training_params.items() if not _timing_key(k)}
         n = info.public_n_train
@@ -648,9 +668,10 @@ class Pipeline:
         return path
 
     def drop_checkpoints(self, job_id: str) -> None:
-        """Remove state/checkpoints/<job_id>/, the scratch a trainer resumes a handed-back job from."""
+        """Remove <job state dir>/checkpoints/<job_id>/, the scratch a trainer resumes a handed-back job from."""
         if job_id and job_id[0].isalnum() and "/" not in job_id:
-            shutil.rmtree(self.settings.state / CHECKPOINTS_DIR / job_id, ignore_errors=True)
+            root = job_state_dir(self.settings.state, getattr(self._local, "scope", ""))
+            shutil.rmtree(root / CHECKPOINTS_DIR / job_id, ignore_errors=True)
 
     def cleanup(self, spooled: Path, set_aside: bool = False) -> None:
         """Remove the claimed file (special files are moved to state/rejected/ instead)."""
@@ -770,7 +791,7 @@ class Pipeline:
         self.drop_checkpoints(job.job_id)
         self.cleanup(spooled)
         with contextlib.suppress(OSError):  # a cancel request that came too late
-            os.unlink(cancel_path(self.settings, job.job_id))
+            os.unlink(cancel_path(self.settings, job.job_id, _scope(spooled)))
         out = Outcome(job.job_id, "succeeded", job.user_id, trainer.name, result.epsilon, artifact=path)
         self._notify(job, out)
         return out
@@ -916,6 +937,13 @@ class Pipeline:
 def _scope(spooled: Path) -> str:
     """The job_id namespace and outbox of a spooled file: its buyer account, or '' (the admin's)."""
     return spooled_account(spooled) or ""
+
+
+def _released_score(key: str, value: Any) -> bool:
+    """A search's noisy score in the form the search releases it (anything else is not released)."""
+    if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value):
+        return False
+    return 0.0 <= value <= 1.0 if key == "validation_accuracy_dp" else value >= 0.0
 
 
 def _timing_key(key: str) -> bool:

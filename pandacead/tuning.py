@@ -172,7 +172,11 @@ def repeat_and_select(curve: Mapping[float, float], mean: float, shape: float) -
         return out
     else:  # truncated negative binomial, Theorem 2
         gamma = tnb_gamma(shape, mean)
-        c = (1 + shape) * min((1 - 1 / a) * rho[a] - math.log(gamma) / a for a in orders)
+        # λ̂ >= 1 only (Theorem 2): below 1, (1 − 1/λ̂)·ε(λ̂) is negative and would undercharge.
+        hats = [a for a in orders if a >= 1]
+        if not hats:
+            raise ValueError("the base curve has no order >= 1")
+        c = (1 + shape) * min((1 - 1 / a) * rho[a] - math.log(gamma) / a for a in hats)
         for a in orders:
             out[a] = rho[a] + math.log(mean) / (a - 1) + c if a > 1 else math.inf
     # Monotonicity of Rényi divergences in the order (as dp-accounting, TNB only).

@@ -423,7 +423,8 @@ class OpacusTrainer:
             grad_sample_mode=plan.details.get("grad_sample_mode"),
             secure_mode=ctx.secure_mode,
             noise_seed=ctx.options.get("noise_seed"),
-            checkpoint_dir=ctx.state_dir if ctx.options.get("checkpoints") else None,
+            # The job's own account's state root (pipeline.job_state_dir): job ids are unique per account.
+            checkpoint_dir=(ctx.options.get("job_state_dir") or ctx.state_dir) if ctx.options.get("checkpoints") else None,
             device=device,
             world_size=ctx.world_size,
             max_physical_batch_size=ctx.max_physical_batch_size,
