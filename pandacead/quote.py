@@ -106,10 +106,9 @@ def admission_preview(ledger: Any, account: str, dataset: str, plan: PrivacyPlan
         },
         # The dataset's budget (all buyers together): the ledger's own read-only admission check.
         "dataset": {
-            "id": dataset, "public": ds_public, "fits": pv.get("dataset_fits"),
-            "budget": ds_budget,
-            "epsilon_left": pv.get("dataset_epsilon_remaining"),
-            "epsilon_left_after": pv.get("dataset_epsilon_remaining_after"),
+            # Whether it fits, never what is left: a quote may be handed to a buyer, and the
+            # dataset's remaining budget tells one buyer what the others spent (docs/accounts.md).
+            "id": dataset, "public": ds_public, "fits": pv.get("dataset_fits"), "budget": ds_budget,
         },
         "fits": bool(ok) and bool(pv.get("fits")),
         "reason": (reason if not ok else pv.get("refusal")) if not (ok and pv.get("fits")) else None,
