@@ -124,9 +124,10 @@ def create_buyer_dirs(settings: Any, account: str, uid: int, user: str | None) -
             " not ending in .json)"
         )
     gid = service_gid(settings)
-    for top in (settings.inbox, settings.outbox):
-        # A buyer must be able to pass through inbox/ and outbox/ (search, never list or
-        # write) to reach its own directory; a layout with `others` locked out gets o+x.
+    for top in (settings.home, settings.inbox, settings.outbox):
+        # A buyer must be able to pass through the home, inbox/ and outbox/ (search, never
+        # list or write) to reach its own directory; a layout with `others` locked out (a
+        # strict umask at `init`) gets o+x.
         mode = stat.S_IMODE(os.stat(top).st_mode)
         if not mode & stat.S_IXOTH:
             os.chmod(top, mode | stat.S_IXOTH)

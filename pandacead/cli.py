@@ -340,12 +340,13 @@ def submit(job_file: str, home: str | None, wait: bool, timeout: float, dry_run:
         n += 1
     baseline = _last_job_row(s) if wait else 0
     started = time.time()
+    before = _outcome_files(outbox, job.job_id) if wait and baseline is None else {}
     publish(target, data, mode=0o644)
     if not wait:
         click.echo(f"submitted {job.job_id} as {target}")
         return
     if baseline is None:
-        _wait_in_outbox(s, job.job_id, target, started, timeout, as_json, outbox)
+        _wait_in_outbox(s, job.job_id, target, started, timeout, as_json, outbox, before)
     _wait_for_outcome(s, job.job_id, target, baseline, timeout, as_json)
 
 
@@ -361,24 +362,46 @@ def _print_outcome(job_id: str, path: Path, ok: bool, as_json: bool) -> NoReturn
     sys.exit(0 if ok else 1)
 
 
-def _wait_in_outbox(s: Any, job_id: str, target: Path, started: float, timeout: float, as_json: bool,
-                    outbox: Path | None = None) -> NoReturn:
-    """--wait without the ledger: the first outcome for job_id written after the file was taken.
+def _outcome_files(outbox: Path, job_id: str) -> dict[Path, int]:
+    """job_id's artifact and error reports in `outbox` now, with their mtimes (ns)."""
+    from pandacead.artifacts import ERROR_SUFFIX
 
-    Without the ledger a report's ~N name cannot be known; the newest report
-    for the job_id written after the submission is taken to be ours."""
+    out: dict[Path, int] = {}
+    for p in [outbox / f"{job_id}.json", outbox / f"{job_id}{ERROR_SUFFIX}", *outbox.glob(f"{job_id}~*{ERROR_SUFFIX}")]:
+        try:
+            out[p] = p.stat().st_mtime_ns
+        except OSError:
+            pass
+    return out
+
+
+def _wait_in_outbox(s: Any, job_id: str, target: Path, started: float, timeout: float, as_json: bool,
+                    outbox: Path | None = None, before: dict[Path, int] | None = None) -> NoReturn:
+    """--wait without the ledger: the first outcome for job_id that was not there before the submission.
+
+    Without the ledger a report's ~N name cannot be known: a report or artifact that is new,
+    or rewritten, since the snapshot `before` (taken before the job was dropped) is ours."""
     from pandacead.artifacts import ENVELOPE_SUFFIX, ERROR_SUFFIX
 
     outbox = outbox or s.outbox
+    before = before or {}
+
+    def new(p: Path) -> bool:
+        try:
+            m = p.stat().st_mtime_ns
+        except OSError:
+            return False
+        return before.get(p) != m and m >= int((started - 1) * 1e9)
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not target.exists():
             art = outbox / f"{job_id}.json"
             reports = [p for p in [outbox / f"{job_id}{ERROR_SUFFIX}", *outbox.glob(f"{job_id}~*{ERROR_SUFFIX}")]
-                       if p.exists() and p.stat().st_mtime >= started - 1]
+                       if new(p)]
             if reports:
                 _print_outcome(job_id, max(reports, key=lambda p: p.stat().st_mtime), False, as_json)
-            if art.exists() and art.stat().st_mtime >= started - 1 and (outbox / f"{job_id}{ENVELOPE_SUFFIX}").exists():
+            if new(art) and (outbox / f"{job_id}{ENVELOPE_SUFFIX}").exists():
                 _print_outcome(job_id, art, True, as_json)
         time.sleep(0.2)
     raise click.ClickException(f"No outcome for {job_id} after {timeout:g} s; is `pandacead run` running on {s.home}?")

@@ -399,7 +399,12 @@ def _train_arrays(
         if dp_loader is not None:  # secure mode (torchcsprng) or BatchMemoryManager: Opacus's loader
             yield from physical_batches(dp_loader, dp_optimizer, max_physical_batch_size)
             return
-        # Over the true rows (each one in the batch with the public rate q).
+        # Over the true rows (each one in the batch with the public rate q). Opacus's loader
+        # draws one int64 from the generator when an epoch's iterator starts (DataLoader's base
+        # seed) before the sampler's masks: drawn here too, so both paths (and a BatchMemoryManager
+        # run, which keeps the loader) see the very same batches.
+        if sampling_gen is not None:
+            torch.empty((), dtype=torch.int64).random_(generator=sampling_gen)
         for idx in sampling.poisson_batches(n_rows, schedule["poisson_rate"], schedule["steps_per_epoch"], sampling_gen):
             yield X_t[idx], y_t[idx]
 
