@@ -765,7 +765,7 @@ def budget_history(user: str | None, dataset: str | None, home: str | None, as_j
         sp["epsilon_total"] = t["epsilon"] if t else None  # running total after this spend (active composition)
         sp["delta_total"] = t["delta"] if t else None
     if as_json:
-        key = {"dataset": dataset} if dataset is not None else {"user_id": user}
+        key: dict[str, Any] = {"dataset": dataset} if dataset is not None else {"user_id": user}
         _emit_json({**key, "composition": led.composition, "spends": spends, "audit": audit})
         return
     click.echo(_table(spends, [
