@@ -29,6 +29,7 @@ kind = "synthetic"
 rows = 6000
 features = 10
 seed = 3
+public = true   # generated data: no dataset budget (issue 13), so only the accounts' allowances count
 """
 
 
