@@ -844,21 +844,10 @@ def _since(text: str | None) -> str | None:
 
 
 def _history(s: Any, row: dict[str, Any]) -> list[dict[str, Any]]:
-    from pandacead.pipeline import history_path
+    """The job's per-epoch history file (`jobs logs`), read as the report reads it."""
+    from pandacead.report import _history as read_history
 
-    if not row.get("id"):
-        return []
-    try:
-        lines = history_path(s, row["id"]).read_text("utf-8").splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+    return read_history(s, row["id"]) if row.get("id") else []
 
 
 def _artifact(s: Any, row: dict[str, Any]) -> tuple[Path | None, dict[str, Any] | None]:
