@@ -34,7 +34,8 @@ Kinds of dataset (a spec is one ``[datasets.<name>]`` table of the config):
   canonical generator spec.
 * ``csv`` / ``parquet``: ``{"kind", "path", "label": <column>, "task":
   "classification"|"regression"}`` and optionally ``"features": [columns]``
-  (default: every other column) and ``"holdout_fraction"`` (default 0.2).
+  (default: every other column) and ``"holdout_fraction"`` (default 0.2 for
+  public data, 0 for private data, whose held-out metrics are never released).
   CSV needs a header row. Its digest is ``sha256:<hex>`` of the file bytes.
 * ``npz``: as above, but ``"features"`` and ``"label"`` name arrays (default
   ``"X"`` and ``"y"``). Loaded with ``allow_pickle=False``.
@@ -74,6 +75,7 @@ from pandacead.trainers import DatasetInfo
 __all__ = [
     "DatasetError",
     "DEFAULT_HOLDOUT_FRACTION",
+    "PRIVATE_HOLDOUT_FRACTION",
     "MAX_CLASSES",
     "builtin_specs",
     "describe",
@@ -85,6 +87,8 @@ __all__ = [
 ]
 
 DEFAULT_HOLDOUT_FRACTION = 0.2
+#: Private data trains on every row by default: its held-out metrics are withheld anyway.
+PRIVATE_HOLDOUT_FRACTION = 0.0
 #: More distinct labels than this in a classification dataset is a registration mistake.
 MAX_CLASSES = 1000
 SYNTHETIC_GENERATOR = "pandacead.synthetic.v1"
@@ -122,16 +126,23 @@ def _err(name: str, sentence: str, *details: str) -> DatasetError:
     return DatasetError(f"Dataset {name!r}: {sentence}", list(details) or [sentence])
 
 
-def _holdout(name: str, spec: dict[str, Any]) -> float:
-    f = spec.get("holdout_fraction", DEFAULT_HOLDOUT_FRACTION)
-    if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0 < float(f) < 1):
-        raise _err(name, f"holdout_fraction must be a number strictly between 0 and 1, not {f!r}.")
+def _holdout(name: str, spec: dict[str, Any], public: bool = True) -> float:
+    """The held-out fraction: declared, else 0.2 for public data and 0 for private data.
+
+    A private dataset's held-out metrics are never released (docs/privacy.md), so
+    holding rows out of its training would only cost accuracy: by default it
+    trains on every row. `holdout_fraction = 0` is allowed for public data too.
+    """
+    default = DEFAULT_HOLDOUT_FRACTION if public else PRIVATE_HOLDOUT_FRACTION
+    f = spec.get("holdout_fraction", default)
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0 <= float(f) < 1):
+        raise _err(name, f"holdout_fraction must be a number from 0 (no held-out rows) up to but not including 1, not {f!r}.")
     return float(f)
 
 
 def _check_split(name: str, n_rows: int, fraction: float) -> None:
     n_test = int(round(n_rows * fraction))
-    if n_test < 1 or n_rows - n_test < 1:
+    if (fraction > 0 and n_test < 1) or n_rows - n_test < 1:
         raise _err(
             name,
             f"{n_rows} rows cannot be split into training and held-out rows "
@@ -592,7 +603,7 @@ def describe(name: str, spec: dict[str, Any], base_dir: Path | str) -> DatasetIn
     if kind not in _FILE_KINDS:
         raise _err(name, f"unknown kind {kind!r} (expected synthetic, csv, npz or parquet).")
     task = _file_task(name, spec)
-    fraction = _holdout(name, spec)
+    fraction = _holdout(name, spec, _public(name, spec, False))
     path = _resolve(name, spec, base_dir)
     try:
         st = path.stat()

@@ -114,9 +114,20 @@ def test_csv_description_digest_and_labels(tmp_path: Path) -> None:
     assert info.source["classes"] == ["no", "yes"]
     assert info.source["features"] == ["a", "b", "c"]
     X_train, y_train, X_test, y_test = datasets.load(info, tmp_path)
+    # Private data (the default) trains on every row: its held-out metrics are never released.
+    assert info.holdout_fraction == 0.0
+    assert X_train.shape == (50, 3) and X_test.shape == (0, 3)
+    assert set(np.unique(y_train)) == {0, 1}
+    assert y_train.dtype == np.int64
+    # Public data keeps the 20 % held-out split its exact metrics are measured on.
+    pub = datasets.describe("mine", {**spec, "public": True}, tmp_path)
+    assert pub.holdout_fraction == 0.2
+    X_train, y_train, X_test, y_test = datasets.load(pub, tmp_path)
     assert X_train.shape == (40, 3) and X_test.shape == (10, 3)
     assert set(np.unique(np.concatenate([y_train, y_test]))) == {0, 1}
-    assert y_train.dtype == np.int64
+    # An explicit fraction is used as declared, 0 included.
+    assert datasets.describe("mine", {**spec, "holdout_fraction": 0.3}, tmp_path).n_train == 35
+    assert datasets.describe("mine", {**spec, "public": True, "holdout_fraction": 0}, tmp_path).n_train == 50
     # An absolute path works from any base_dir.
     info2 = datasets.describe("mine", {**spec, "path": str(path)}, "/")
     assert info2.digest == info.digest
@@ -224,7 +235,7 @@ def test_parquet_dataset(tmp_path: Path) -> None:
     )
     assert (info.n_rows, info.n_features, info.task) == (40, 3, "regression")
     X_train, y_train, X_test, y_test = datasets.load(info, tmp_path)
-    assert X_train.dtype == np.float32 and y_train.dtype == np.float32 and len(y_test) == 8
+    assert X_train.dtype == np.float32 and y_train.dtype == np.float32 and len(y_test) == 0 and len(y_train) == 40
 
     bad = pa.table({"f1": ["a", "b"] * 5, "y": [0, 1] * 5})
     pq.write_table(bad, tmp_path / "bad.parquet")
