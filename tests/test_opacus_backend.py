@@ -237,7 +237,8 @@ def test_noise_has_the_planned_scale(tmp_path: Path) -> None:
     n, d = 125, 400  # 100 training rows
     y = np.arange(n) % 2
     np.savez(tmp_path / "z.npz", X=np.zeros((n, d)), y=y)
-    info = datasets.describe("zeros", {"kind": "npz", "path": "z.npz", "task": "classification", "rows": 125}, tmp_path)
+    info = datasets.describe("zeros", {"kind": "npz", "path": "z.npz", "task": "classification", "rows": 125,
+                                           "holdout_fraction": 0.2}, tmp_path)
     sigma, clip, lr = 2.0, 0.5, 1.0
     job = make_job(dataset="zeros", epochs=1, batch_size=100, learning_rate=lr,
                    dp={"epsilon": 100.0, "delta": 1e-3, "clip": clip, "noise_multiplier": sigma, "accountant": "rdp"})

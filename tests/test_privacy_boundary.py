@@ -17,7 +17,7 @@ import pytest
 from conftest import cli, drop, job, ledger, make_home, outcomes, run_once
 
 PRIVACY_PLUGINS = Path(__file__).resolve().parent / "plugins_privacy"
-ROWS = 500  # the CSV's rows; declared public as `rows`, so the public n_train is 400
+ROWS = 500  # the CSV's rows; declared public as `rows`, so the public n_train is 500 (private data holds no rows out)
 
 DATASET_TOML = """
 [datasets.patients]
@@ -155,7 +155,7 @@ def test_same_seed_nss_jobs_get_different_noise_and_release_only_dp_fields(tmp_p
     for art in (a, b):
         assert art["dp"]["neighbouring"] == "add_remove"
         assert art["accuracy"] is None and art["metrics"] == {}, "exact held-out metrics of private data"
-        assert art["n"] == 400 and art["n_source"] == "declared"  # the public count, not the true one
+        assert art["n"] == 500 and art["n_source"] == "declared"  # the public count, not the true one
         assert "n_test" not in json.dumps(art)
         assert cli(home, "verify", str(home / "outbox" / f"{art['job_id']}.json")).returncode == 0
     assert_no_digest(home, digest)
@@ -173,10 +173,10 @@ def test_same_seed_opacus_jobs_differ_and_no_released_byte_holds_the_data_digest
     assert a["model"] != b["model"]
     for art in (a, b):
         assert art["dp"]["neighbouring"] == "add_remove" and art["accuracy"] is None
-        assert set(art["metrics"]) <= {"diverged"} and art["n"] == 400
-        # q and the normaliser come from the public count: 400 rows / batch 64 -> 7 batches
-        assert art["training_params"]["sample_rate"] == pytest.approx(1 / 7)
-        assert art["training_params"]["expected_batch_size"] == int(400 / 7)
+        assert set(art["metrics"]) <= {"diverged"} and art["n"] == 500
+        # q and the normaliser come from the public count: 500 rows / batch 64 -> 8 batches
+        assert art["training_params"]["sample_rate"] == pytest.approx(1 / 8)
+        assert art["training_params"]["expected_batch_size"] == int(500 / 8)
         assert "train_seconds" not in json.dumps(art)
     meta = json.loads(base64.b64decode(a["model"])[8:8 + int.from_bytes(base64.b64decode(a["model"])[:8], "little")])
     assert meta["__metadata__"]["pandacead.dataset_version"].startswith("hmac-sha256:")
@@ -194,7 +194,8 @@ def test_same_seed_opacus_jobs_differ_and_no_released_byte_holds_the_data_digest
 def test_the_held_out_split_does_not_move_when_one_row_changes(tmp_path):
     from pandacead import datasets
 
-    spec = {"kind": "csv", "path": "d.csv", "label": "y", "task": "classification", "rows": ROWS}
+    spec = {"kind": "csv", "path": "d.csv", "label": "y", "task": "classification", "rows": ROWS,
+            "holdout_fraction": 0.2}  # private data holds none out by default; a declared split must not leak
     write_csv(tmp_path / "d.csv")
     before = datasets.keyed(datasets.describe("d", spec, tmp_path), b"host-secret")
     write_csv(tmp_path / "d.csv", change_row=17)

@@ -247,10 +247,10 @@ def test_family_defaults_fill_only_what_the_job_left_out(tmp_path: Path) -> None
     omitted = parse_job(json.dumps({"job_id": "d", "user_id": "u", "dataset": "t",
                                     "dp": {"epsilon": 1.0, "delta": 1e-4}}).encode())
     plan = TRAINER.plan(omitted, ctx)
-    assert plan.details["family_defaults"] == {"epochs": 30, "batch_size": 80, "learning_rate": 2.0}
+    assert plan.details["family_defaults"] == {"epochs": 30, "batch_size": 100, "learning_rate": 2.0}
     given = parse_job(json.dumps({"job_id": "g", "user_id": "u", "dataset": "t", "epochs": 3,
                                   "dp": {"epsilon": 1.0, "delta": 1e-4}}).encode())
-    assert TRAINER.plan(given, ctx).details["family_defaults"] == {"batch_size": 80, "learning_rate": 2.0}
+    assert TRAINER.plan(given, ctx).details["family_defaults"] == {"batch_size": 100, "learning_rate": 2.0}
 
 
 def test_numeric_labels_match_declared_classes_by_value(tmp_path: Path) -> None:
