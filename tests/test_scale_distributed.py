@@ -95,7 +95,8 @@ def test_two_processes_add_the_noise_once_with_the_global_scale(tmp_path: Any) -
     n, d = 125, 400  # 100 training rows, q = 1, one step
     y = np.arange(n) % 2
     np.savez(tmp_path / "z.npz", X=np.zeros((n, d)), y=y)
-    info = datasets.describe("zeros", {"kind": "npz", "path": "z.npz", "task": "classification", "rows": n}, tmp_path)
+    info = datasets.describe("zeros", {"kind": "npz", "path": "z.npz", "task": "classification", "rows": n,
+                                           "holdout_fraction": 0.2}, tmp_path)
     sigma, clip, lr = 2.0, 0.5, 1.0
     job = Job(job_id="ddp0", user_id="alice", dataset="zeros", epochs=1, batch_size=100, learning_rate=lr,
               dp=DPParams(epsilon=100.0, delta=1e-3, clip=clip, noise_multiplier=sigma, accountant="rdp"),
