@@ -333,7 +333,7 @@ def _fmt(v: list[float] | None) -> str:
     return f"{a.mean():.3f} ± {a.std():.3f}"
 
 
-MNIST_LABEL = "opacus linear, public MNIST extractor"
+MNIST_LABEL = "opacus linear + public MNIST extractor"
 
 
 def digits_sentence(results: dict[str, Any]) -> str:
@@ -377,7 +377,10 @@ def render(results: dict[str, Any], eps_list: list[float], meta: dict[str, Any])
         "training rows scaled by the same bounds: scikit-learn's non-private LogisticRegression "
         "(the ceiling), the same pandacead model trained by the same SGD without DP, and IBM "
         "diffprivlib's LogisticRegression at the same ε (pure ε-DP, `data_norm` = √d). The metrics "
-        "pandacead's artifacts carry are not used.",
+        "pandacead's artifacts carry are not used. The digits row \"public MNIST extractor\" declares, on the "
+        "same raw file, the pinned extractor `examples/digits8-mnist-extractor.safetensors` (a CNN trained "
+        "without DP on public MNIST digits only, `bench/digit_extractor.py`); the DP linear head trains on "
+        "its features and `predict` applies it to the raw unseen rows.",
         "",
         "Reading the peer column: diffprivlib's LogisticRegression (objective perturbation, its "
         "default C = 1, seeded with `random_state` = the seed) is noise-dominated at these row counts; "
@@ -483,12 +486,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--render", help="only re-render the document and plot from a --json file of one run")
     p.add_argument("--merge", help="with --render: add rows from this --json file of a later run (--rows)")
-    p.add_argument("--rows", default=MNIST_LABEL, help="with --merge: the row labels to take, comma-separated")
+    p.add_argument("--rows", default=MNIST_LABEL, help="with --merge: the row labels to take, separated by ;")
     a = p.parse_args(argv)
     if a.render:
         saved = json.loads(Path(a.render).read_text())
         if a.merge:
-            saved = merge(saved, json.loads(Path(a.merge).read_text()), a.rows.split(","))
+            saved = merge(saved, json.loads(Path(a.merge).read_text()), a.rows.split(";"))
             Path(a.render).write_text(json.dumps(saved, indent=1))
         eps_set = sorted({float(k.split("@")[1]) for r in saved["results"].values() for k in r["cells"] if "@" in k})
         out = Path(a.out)
