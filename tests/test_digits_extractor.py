@@ -99,6 +99,13 @@ def test_digits_job_on_the_shipped_extractor_trains_through_the_daemon(tmp_path:
     model, arch = models.load_model(base64.b64decode(art["model"]))
     acc = float(np.mean(models.predict(model, arch, X[600:].reshape(-1, 64)) == y[600:]))  # 1197 unseen rows
     assert acc > 0.9, acc
+    # The released extractor is the public file, unchanged: DP training touched only the head.
+    from safetensors.torch import load
+
+    released = load(base64.b64decode(art["model"]))
+    public = load(digit_extractor.MNIST_EXTRACTOR.read_bytes())
+    assert set(public) == {k.removeprefix(models.EXTRACTOR_PREFIX) for k in released if k.startswith(models.EXTRACTOR_PREFIX)}
+    assert all(torch.equal(released[models.EXTRACTOR_PREFIX + k], t) for k, t in public.items())
     ext = art["training_params"]["preprocessing"]["extractor"]
     assert ext["sha256"] == digit_extractor.MNIST_EXTRACTOR_SHA256 and "path" not in ext
     # The accountant's ε of the run is what the ledger charged, within the ε asked for.
