@@ -242,15 +242,20 @@ def test_family_defaults_fill_only_what_the_job_left_out(tmp_path: Path) -> None
     from pandacead.jobs import parse_job
 
     write_csv(tmp_path / "t.csv", *table(300, 0))
-    info = datasets.describe("t", {**SPEC, "rows": 300}, tmp_path)  # batch = public training rows / 3
+    info = datasets.describe("t", {**SPEC, "rows": 600}, tmp_path)  # batch = public training rows / 3
     ctx = ctx_for(info, tmp_path)
     omitted = parse_job(json.dumps({"job_id": "d", "user_id": "u", "dataset": "t",
                                     "dp": {"epsilon": 1.0, "delta": 1e-4}}).encode())
     plan = TRAINER.plan(omitted, ctx)
-    assert plan.details["family_defaults"] == {"epochs": 30, "batch_size": 100, "learning_rate": 2.0}
+    assert plan.details["family_defaults"] == {"epochs": 30, "batch_size": 200, "learning_rate": 2.0}
     given = parse_job(json.dumps({"job_id": "g", "user_id": "u", "dataset": "t", "epochs": 3,
                                   "dp": {"epsilon": 1.0, "delta": 1e-4}}).encode())
-    assert TRAINER.plan(given, ctx).details["family_defaults"] == {"batch_size": 100, "learning_rate": 2.0}
+    assert TRAINER.plan(given, ctx).details["family_defaults"] == {"batch_size": 200, "learning_rate": 2.0}
+    # A small dataset (public n < 384) trains full-batch with fewer steps: max(10, 90·(n/384)²).
+    small = datasets.describe("t", {**SPEC, "rows": 142}, tmp_path)
+    plan = TRAINER.plan(omitted, ctx_for(small, tmp_path))
+    assert plan.details["family_defaults"] == {"epochs": 12, "batch_size": 142, "learning_rate": 2.0}
+    assert plan.sample_rate == 1.0 and plan.steps == 12
 
 
 def test_numeric_labels_match_declared_classes_by_value(tmp_path: Path) -> None:
