@@ -135,28 +135,22 @@ def _budget_show(args: list[str]) -> str | None:
         i += 1
     if home is not None and (home == "" or home.startswith("-") or os.path.isfile(home)):
         return None
-    from pandacead.config import load_settings
-    from pandacead.ledger import Ledger
+    from pandacead import _cli_cache as cache
+    from pandacead import budget_read
 
-    s = load_settings(home)
-    if not s.ledger_path.exists():
+    got = budget_read.show(home, user, cache.READER)
+    if got is None:
         return None
-    led = Ledger.from_settings(s, actor="cli:budget-show")  # read-only: no audit entry is written
-    try:
-        rows = [led.summary(user)] if user else [led.summary(b.user_id) for b in led.budgets()]
-        if as_json:
-            import json
+    rows, composition = got
+    if as_json:
+        import json
 
-            return json.dumps(rows[0] if user else rows, indent=2, sort_keys=False, default=str) + "\n"
-        cols = _BUDGET_COLUMNS + ([("basic_epsilon_spent", "ε IF ADDED")] if led.composition == "rdp" else [])
-        out = _table(rows, cols) + "\n" + f"(composition: {led.composition})\n"
-        if user and not rows[0]["known"]:
-            out += f"({user} has no ledger entry yet: this is the default budget)\n"
-        return out
-    finally:
-        close = getattr(led, "close", None)
-        if close is not None:
-            close()
+        return json.dumps(rows[0] if user else rows, indent=2, sort_keys=False, default=str) + "\n"
+    cols = _BUDGET_COLUMNS + ([("basic_epsilon_spent", "ε IF ADDED")] if composition == "rdp" else [])
+    out = _table(rows, cols) + "\n" + f"(composition: {composition})\n"
+    if user and not rows[0]["known"]:
+        out += f"({user} has no ledger entry yet: this is the default budget)\n"
+    return out
 
 
 def _budget_show_current() -> bool:
@@ -167,25 +161,41 @@ def _budget_show_current() -> bool:
         return False
     if not getattr(cache, "BUDGET_SHOW_MIRRORED", False):
         return False
+    from pandacead import budget_read
+
     try:
-        return _checksum([os.path.join(_HERE, s) for s in _SOURCES]) == cache.FINGERPRINT[0]
-    except (OSError, IndexError, TypeError):
+        return budget_read.sources_crc() == cache.READER["sources_crc"]
+    except (OSError, AttributeError, KeyError, TypeError):
         return False
 
 
-#: zlib.crc32 of the source of cli.py's `budget show` (its decorators and body, `_ledger`,
-#: `_table`, `_cell`, BUDGET_COLUMNS) that `_budget_show` reproduces. When cli.py's differs,
-#: the cache says so and `budget show` goes to click; update both together.
-BUDGET_SHOW_SOURCE_CRC = 513243266
+#: zlib.crc32 of the sources that `_budget_show` and pandacead/budget_read.py reproduce: cli.py's
+#: `budget show` (its body, `_ledger`, `_settings`, `_table`, `_cell`, `_emit_json`, BUDGET_COLUMNS),
+#: the settings it loads and checks (config.load_settings, resolve_home, check_known, _check,
+#: Settings' paths, devices/executor.check_config, policy.policy_for) and the ledger's open and
+#: summary (Ledger.__init__, from_settings, _migrate, _pending_migrations, budget, budgets,
+#: summary, _kept, Budget). When any differs, the cache says so and `budget show` goes to click:
+#: make budget_read.py do what the new code does, then set this to `budget_show_source_crc()`.
+BUDGET_SHOW_SOURCE_CRC = 612840042
 
 
 def budget_show_source_crc() -> int:
     import inspect
     import zlib
 
-    from pandacead import cli
+    from pandacead import cli, config, devices, executor
+    from pandacead.ledger import core, policy
 
-    funcs: list[Any] = [cli.budget_show.callback, cli._ledger, cli._table, cli._cell]
+    L = core.Ledger
+    funcs: list[Any] = [
+        cli.budget_show.callback, cli._ledger, cli._settings, cli._table, cli._cell, cli._emit_json,
+        config.load_settings, config.resolve_home, config.check_known, config._check, config._env_overrides_named,
+        config.Settings._path, config.Settings.state.fget, config.Settings.ledger_path.fget,
+        devices.check_config, executor.check_config, policy.policy_for, policy._amount,
+        policy.policies_from_settings,
+        L.__init__, L.from_settings, L._migrate, L._pending_migrations, L.budget, L.budgets, L.summary, L._kept,
+        L._user_row, L.query, core.Budget, core._budget,
+    ]
     parts = [inspect.getsource(f) for f in funcs]
     return zlib.crc32(("".join(parts) + repr(cli.BUDGET_COLUMNS)).encode())
 
@@ -250,8 +260,11 @@ def build_cache() -> dict[str, Any]:
         for flag in ("--help", "-h"):
             outputs[(*path, flag)] = _render(cli, [*path, flag])
     outputs[("--version",)] = _render(cli, ["--version"])
+    from pandacead import budget_read
+
     return {"WIDTH": _width(), "FINGERPRINT": _fingerprint(_click_file()), "OUTPUTS": outputs,
-            "BUDGET_SHOW_MIRRORED": budget_show_source_crc() == BUDGET_SHOW_SOURCE_CRC}
+            "BUDGET_SHOW_MIRRORED": budget_show_source_crc() == BUDGET_SHOW_SOURCE_CRC,
+            "READER": budget_read.reader_data()}
 
 
 def write_cache(path: str | None = None) -> str:
@@ -272,6 +285,7 @@ def write_cache(path: str | None = None) -> str:
         f"WIDTH = {data['WIDTH']!r}",
         f"FINGERPRINT = {data['FINGERPRINT']!r}",
         f"BUDGET_SHOW_MIRRORED = {data['BUDGET_SHOW_MIRRORED']!r}",
+        f"READER = {data['READER']!r}",
         "OUTPUTS = {",
         *(f"    {k!r}: {v!r}," for k, v in sorted(data["OUTPUTS"].items())),
         "}",
