@@ -8,11 +8,17 @@ source that shapes the help text (`pandacead/cli.py`, `pandacead/_version.py`,
 click's package), the terminal width it was rendered for and the program
 name. Anything else — another width, a stale checksum, an unknown argument
 — goes to click, so the output is always click's. `budget show` reads the
-ledger through `pandacead.ledger` exactly as the click command does and
-prints the same bytes, only while cli.py's `budget show` is the code it
-mirrors (a checksum of that code's source, `BUDGET_SHOW_SOURCE_CRC`, checked
-when the cache is built); on any doubt (an odd argument, an error) it prints
-nothing and hands over to click, which then reports as it always does.
+ledger with pandacead/budget_read.py (tomllib and a read-only sqlite3
+connection: neither click nor `pandacead.config` nor `Ledger`) and prints the
+same bytes as the click command, only while the code it mirrors is the code
+it was written for (a checksum of that code's source, `BUDGET_SHOW_SOURCE_CRC`,
+checked when the cache is built, and a checksum of the files it lives in,
+checked at every run); on any doubt (an odd argument or configuration, a
+migration pending, an error) it prints nothing and hands over to click, which
+then reports as it always does.
+
+The command itself is scripts/pandacead (installed as a wheel script), not a
+console_scripts wrapper, whose `import re` alone costs half a `python -c pass`.
 
 Regenerate the cache with ``python -m pandacead.entry --write-cache``
 (`make install` does; tests/test_cli_fastpath.py fails when it is stale).
@@ -115,7 +121,10 @@ _BUDGET_COLUMNS = [
 
 
 def _budget_show(args: list[str]) -> str | None:
-    """`budget show [USER] [--home DIR] [--json]` as pandacead.cli.budget_show prints it, or None (ask click)."""
+    """`budget show [USER] [--home DIR] [--json]` as pandacead.cli.budget_show prints it, or None (ask click).
+
+    Called only while `_budget_show_current()`; budget_read.show returns None wherever the
+    click path could print anything else."""
     user = home = None
     as_json = False
     i = 0
@@ -172,11 +181,11 @@ def _budget_show_current() -> bool:
 #: zlib.crc32 of the sources that `_budget_show` and pandacead/budget_read.py reproduce: cli.py's
 #: `budget show` (its body, `_ledger`, `_settings`, `_table`, `_cell`, `_emit_json`, BUDGET_COLUMNS),
 #: the settings it loads and checks (config.load_settings, resolve_home, check_known, _check,
-#: Settings' paths, devices/executor.check_config, policy.policy_for) and the ledger's open and
+#: Settings, devices/executor.check_config, policy.policy_for) and the ledger's open and
 #: summary (Ledger.__init__, from_settings, _migrate, _pending_migrations, budget, budgets,
 #: summary, _kept, Budget). When any differs, the cache says so and `budget show` goes to click:
 #: make budget_read.py do what the new code does, then set this to `budget_show_source_crc()`.
-BUDGET_SHOW_SOURCE_CRC = 612840042
+BUDGET_SHOW_SOURCE_CRC = 4162188660
 
 
 def budget_show_source_crc() -> int:
@@ -190,7 +199,7 @@ def budget_show_source_crc() -> int:
     funcs: list[Any] = [
         cli.budget_show.callback, cli._ledger, cli._settings, cli._table, cli._cell, cli._emit_json,
         config.load_settings, config.resolve_home, config.check_known, config._check, config._env_overrides_named,
-        config.Settings._path, config.Settings.state.fget, config.Settings.ledger_path.fget,
+        config.Settings,
         devices.check_config, executor.check_config, policy.policy_for, policy._amount,
         policy.policies_from_settings,
         L.__init__, L.from_settings, L._migrate, L._pending_migrations, L.budget, L.budgets, L.summary, L._kept,
