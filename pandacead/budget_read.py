@@ -88,6 +88,137 @@ def sources_crc() -> int:
 
 # --------------------------------------------------------------------------- the configuration
 
+_BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_DIGITS = frozenset("0123456789")
+
+
+class _Unsure(Exception):
+    """The subset parser does not handle this text: tomllib decides."""
+
+
+def _bare_key(text: str) -> str:
+    key = text.strip(" \t")
+    if not key or not set(key) <= _BARE:
+        raise _Unsure
+    return key
+
+
+def _digits(text: str) -> bool:
+    return bool(text) and set(text) <= _DIGITS
+
+
+def _number(text: str) -> int | float:
+    """TOML decimal integers and floats without underscores, signs on the mantissa only; else _Unsure."""
+    body = text[1:] if text[:1] == "-" else text
+    mant, e, exp = body.replace("E", "e").partition("e")
+    whole, dot, frac = mant.partition(".")
+    if not _digits(whole) or (len(whole) > 1 and whole[0] == "0"):
+        raise _Unsure  # leading zeros, "inf", "nan", hex, underscores, "+" ...: tomllib
+    if dot and not _digits(frac):
+        raise _Unsure
+    if e:
+        if exp[:1] in ("+", "-"):
+            exp = exp[1:]
+        if not _digits(exp):
+            raise _Unsure
+    return float(text) if (dot or e) else int(text)
+
+
+def _value(text: str) -> tuple[Any, str]:
+    """(value, the rest of the line) for a string, boolean, number or one-line flat array at the start of `text`."""
+    c = text[:1]
+    if c == '"' or c == "'":
+        end = text.find(c, 1)
+        if end < 0 or (c == '"' and "\\" in text[1:end]):
+            raise _Unsure  # escapes, multi-line strings: tomllib
+        return text[1:end], text[end + 1:]
+    if c == "[":
+        items: list[Any] = []
+        rest = text[1:].lstrip(" \t")
+        while rest[:1] != "]":
+            item, rest = _value(rest)
+            if items and type(item) is not type(items[0]):
+                raise _Unsure
+            items.append(item)
+            rest = rest.lstrip(" \t")
+            if rest[:1] == ",":
+                rest = rest[1:].lstrip(" \t")
+            elif rest[:1] != "]":
+                raise _Unsure
+        return items, rest[1:]
+    end = len(text)
+    for stop in (" ", "\t", "#", ",", "]"):
+        i = text.find(stop)
+        if 0 <= i < end:
+            end = i
+    word, rest = text[:end], text[end:]
+    if word == "true":
+        return True, rest
+    if word == "false":
+        return False, rest
+    return _number(word), rest
+
+
+def parse_simple_toml(text: str) -> dict[str, Any] | None:
+    """What `tomllib.loads(text)` returns, for the plain TOML a pandacead.toml is written in; None
+    (ask tomllib) for anything else: escapes, multi-line values, inline tables, dotted or quoted
+    keys, dates, underscores in numbers, arrays of tables, control characters. Never a different
+    value: tests/test_cli_fastpath.py checks it against tomllib. (tomllib imports `re`, `typing`
+    and `datetime`: alone more than a `python -c pass`.)"""
+    root: dict[str, Any] = {}
+    table = root
+    headers: set[tuple[str, ...]] = set()
+    try:
+        for raw in text.split("\n"):
+            if any(ch < " " and ch != "\t" for ch in raw) or "\x7f" in raw:
+                raise _Unsure
+            line = raw.strip(" \t")
+            if not line or line[0] == "#":
+                continue
+            if line[0] == "[":
+                close = line.find("]")
+                if line[:2] == "[[" or close < 0:
+                    raise _Unsure
+                after = line[close + 1:].lstrip(" \t")
+                if after and after[0] != "#":
+                    raise _Unsure
+                path = tuple(_bare_key(part) for part in line[1:close].split("."))
+                if path in headers:
+                    raise _Unsure
+                headers.add(path)
+                table = root
+                for part in path:
+                    table = table.setdefault(part, {})
+                    if not isinstance(table, dict):
+                        raise _Unsure
+                continue
+            key_text, eq, value_text = line.partition("=")
+            if not eq:
+                raise _Unsure
+            key = _bare_key(key_text)
+            if key in table:
+                raise _Unsure
+            value, rest = _value(value_text.lstrip(" \t"))
+            rest = rest.lstrip(" \t")
+            if rest and rest[0] != "#":
+                raise _Unsure
+            table[key] = value
+    except _Unsure:
+        return None
+    if any(p[:-1] != () and not _header_parents_are_tables(root, p) for p in headers):
+        return None
+    return root
+
+
+def _header_parents_are_tables(root: dict[str, Any], path: tuple[str, ...]) -> bool:
+    node: Any = root
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return False
+    return True
+
+
 
 def _strict_equal(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
@@ -103,10 +234,14 @@ def settings(root: str, data: dict[str, Any]) -> dict[str, Any] | None:
     cfg = os.path.join(root, _CONFIG_NAME)
     raw: dict[str, Any] = {}
     if os.path.exists(cfg):
-        import tomllib
-
         with open(cfg, encoding="utf-8") as f:
-            raw = tomllib.loads(f.read())
+            text = f.read()
+        got = parse_simple_toml(text)
+        if got is None:
+            import tomllib
+
+            got = tomllib.loads(text)
+        raw = got
     known = data["known"]
     for section, table in raw.items():
         if section not in known or not isinstance(table, dict):
@@ -199,7 +334,10 @@ def _uri(path: str) -> str:
 
 def read(ledger: str, user: str | None, budget: dict[str, Any], data: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The rows `budget show [USER]` prints, from one read-only snapshot; None where the click path may differ."""
-    import sqlite3
+    try:  # the C module itself: `sqlite3` adds only the date/time adapters (and imports datetime)
+        import _sqlite3 as sqlite3
+    except ImportError:  # pragma: no cover
+        import sqlite3  # type: ignore[no-redef]
 
     conn = sqlite3.connect(_uri(ledger), uri=True, timeout=60.0, isolation_level=None)
     try:
