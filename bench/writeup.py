@@ -524,6 +524,9 @@ Round two (#20, this branch; figures in (r) above):
    until `rescan_interval` passes, instead of a full rescan (and an idle-check scan) per claim.
 8. **Fast schema check** (`pandacead/jobs.py`): fastjsonschema passes valid jobs; jsonschema
    decides and explains everything else.
+9. **One commit fewer per job** (`Ledger.commit(progress=)`, `pandacead/pipeline.py`): the last
+   progress row is written in the commit's transaction; a job makes two durable commits, the
+   reservation before training and the commit after its artifact.
 """
 
 OPEN = """## Left open (outside the benchmark's files), with the measured effect
