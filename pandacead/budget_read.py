@@ -19,7 +19,8 @@ anything else:
   valid (the budget keys, `[datasets.NAME]` registrations and
   `daemon.workers` are checked here as there; the trainer's device keys and
   `[executor]` must be absent or their defaults);
-* no ledger file, a ledger not in WAL mode, a migration pending (the click
+* no ledger file, one this user could not open for writing (nor its
+  migration lock), a ledger not in WAL mode, a migration pending (the click
   path would apply it first), any SQLite error, any other exception.
 
 What it reads from the real modules (known keys, defaults, migration names,
@@ -368,6 +369,13 @@ def show(home: str | None, user: str | None, data: dict[str, Any]) -> tuple[list
         return None
     s = settings(resolve_home(home), data)
     if s is None or not os.path.exists(s["ledger"]):
+        return None
+    # Ledger opens its migration lock for appending and the file read-write: where this user could
+    # not, the click command fails; it reports that, not this reader.
+    lock = s["ledger"] + ".migrate.lock"
+    if not (os.access(lock, os.W_OK) if os.path.exists(lock) else os.access(os.path.dirname(lock), os.W_OK)):
+        return None
+    if not os.access(s["ledger"], os.W_OK):
         return None
     rows = read(s["ledger"], user, s["budget"], data)
     return None if rows is None else (rows, s["budget"]["composition"])

@@ -226,9 +226,13 @@ def fast_answer(argv: list[str], prog: str) -> str | None:
 def main() -> None:
     text = fast_answer(sys.argv[1:], os.path.basename(sys.argv[0]))
     if text is not None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
+        try:
+            sys.stdout.write(text)  # encodes the whole text first: nothing is written on an error
+        except UnicodeEncodeError:
+            pass  # e.g. PYTHONIOENCODING=ascii: click writes it its own way
+        else:
+            sys.stdout.flush()
+            return
     from pandacead.cli import main as click_main
 
     click_main()

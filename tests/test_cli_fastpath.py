@@ -292,3 +292,29 @@ def test_reader_data_comes_from_the_real_modules() -> None:
     import pandacead._cli_cache as cache
 
     assert cache.READER == data, "the cache is stale: python -m pandacead.entry --write-cache"
+
+
+def test_the_reader_declines_where_the_ledger_could_not_be_opened_for_writing(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from pandacead import budget_read
+
+    home = _home(tmp_path)
+    import pandacead._cli_cache as cache
+
+    monkeypatch.delenv("PANDACEAD_HOME", raising=False)
+    got = budget_read.show(str(home), None, cache.READER)
+    assert got is not None and [r["user_id"] for r in got[0]] == ["alice", "bob"]
+    # Not writable for this user (root passes every os.access, so the denial is simulated):
+    # Ledger's open fails there, and the click command reports it.
+    monkeypatch.setattr(budget_read.os, "access", lambda path, mode: not str(path).endswith("ledger.db"))
+    assert budget_read.show(str(home), None, cache.READER) is None
+    monkeypatch.setattr(budget_read.os, "access", lambda path, mode: not str(path).endswith(".migrate.lock"))
+    assert budget_read.show(str(home), None, cache.READER) is None
+
+
+def test_an_ascii_stdout_gets_what_click_writes(tmp_path: Path) -> None:
+    home = _home(tmp_path)
+    for args in (["budget", "show"], ["--help"]):
+        fast = pandacead(*args, home=home, env_extra={"PYTHONIOENCODING": "ascii"})
+        slow = pandacead(*args, home=home, fast=False, env_extra={"PYTHONIOENCODING": "ascii"})
+        assert (fast.returncode, fast.stdout) == (slow.returncode, slow.stdout) and fast.returncode == 0, fast.stderr
