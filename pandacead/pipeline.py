@@ -532,6 +532,10 @@ class Pipeline:
         if final is None or final[0] != row_id:
             return None
         self._local.final_progress = None
+        try:  # a report JSON cannot hold gets no row (as `job_progress` did), never a failed commit
+            json.dumps(final[1])
+        except (TypeError, ValueError):
+            return None
         return dict(final[1])
 
     def record_final_progress(self) -> None:

@@ -87,3 +87,17 @@ def test_a_crash_around_the_commit_settles_once_with_the_progress_row(tmp_path: 
     assert not list((home / "inbox").glob("*.json"))
     assert sorted(p.name for p in (home / "outbox").glob("c*.json") if not p.name.endswith(".dsse.json")) == \
         ["c0.json", "c1.json", "c2.json"]
+
+
+def test_a_progress_report_json_cannot_hold_never_fails_the_commit(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "h")
+    sp, pipe = _pipeline(home)
+    try:
+        pipe._local.final_progress = (7, {"epoch": 1, "loss": object()})
+        assert pipe._take_final_progress(7) is None  # no row, as job_progress wrote none
+        pipe._local.final_progress = (7, {"epoch": 2, "epochs": 2})
+        assert pipe._take_final_progress(8) is None  # another job's report is not taken
+        assert pipe._take_final_progress(7) == {"epoch": 2, "epochs": 2}
+        assert pipe._take_final_progress(7) is None  # once
+    finally:
+        sp.release()

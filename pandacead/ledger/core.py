@@ -1074,12 +1074,13 @@ class Ledger:
 
         `progress`: the job's last progress report (`jobs show`), written to its status row in
         the same transaction, so a finished job costs one durable commit after training, not two."""
+        progress_json = None if progress is None else json.dumps(progress)  # raises before the transaction
         with self.transaction() as conn:
-            if row_id is not None and progress is not None:
+            if row_id is not None and progress_json is not None:
                 conn.execute(
                     "UPDATE jobs SET status = 'succeeded', epsilon = ?, delta = ?, progress = ?, updated_at = ?"
                     " WHERE id = ?",
-                    (epsilon, delta, json.dumps(progress), now(), row_id),
+                    (epsilon, delta, progress_json, now(), row_id),
                 )
             elif row_id is not None:
                 conn.execute(
