@@ -13,7 +13,9 @@ install: $(STAMP) pandacead/_cli_cache.py
 # What `pandacead --help` prints without importing click (pandacead/entry.py),
 # rendered by click itself; stale caches are ignored at run time, so this only
 # keeps the fast path in use after cli.py changes.
-pandacead/_cli_cache.py: $(STAMP) pandacead/cli.py pandacead/_version.py pandacead/entry.py
+pandacead/_cli_cache.py: $(STAMP) pandacead/cli.py pandacead/_version.py pandacead/entry.py pandacead/budget_read.py \
+		pandacead/config.py pandacead/devices.py pandacead/executor.py pandacead/ledger/core.py \
+		pandacead/ledger/policy.py pandacead/ledger/filter_state.py
 	$(BIN)/python -m pandacead.entry --write-cache >/dev/null
 	$(BIN)/python -m compileall -q pandacead plugins
 

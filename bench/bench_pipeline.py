@@ -232,7 +232,11 @@ def stages(n: int = 150, epochs: int = 2) -> dict[str, Any]:
             tm("publish envelope", artifacts.publish, s.outbox / f"{j.job_id}.dsse.json", env_bytes, sync_dir=False)
             tm("publish artifact", artifacts.publish, s.outbox / f"{j.job_id}.json", data2, sync_dir=False)
             tm("fsync outbox/", artifacts.fsync_dir, s.outbox)
-            tm("commit (commit 2)", led.commit, j.job_id, res.epsilon, res.delta, row_id=row)
+            if hasattr(pl, "_take_final_progress"):  # the last progress row in the commit's transaction
+                tm("commit (commit 2)", led.commit, j.job_id, res.epsilon, res.delta, row_id=row,
+                   progress=pl._take_final_progress(row))
+            else:
+                tm("commit (commit 2)", led.commit, j.job_id, res.epsilon, res.delta, row_id=row)
             if hasattr(pl, "record_final_progress"):
                 tm("last progress row (commit 3)", pl.record_final_progress)
             tm("clean up spool", pl.cleanup, f)

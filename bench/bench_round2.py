@@ -8,10 +8,14 @@ directory, byte-compiled like this tree, and run with ``PYTHONPATH`` pointing
 at it (the deps are the same venv's). Both take turns, so the machine's load
 hits both alike.
 
-* **startup**: `pandacead --help` and `budget show` (as pip's console script
-  runs them: ``import re, sys`` then the entry point) against
-  ``python -c pass``, for this tree (``pandacead.entry``) and the release
-  (``pandacead.cli``), median of runs.
+* **startup**: `pandacead --help` and `budget show` against ``python -c pass``,
+  median of runs, each tree as it is installed: this tree's command is the
+  wheel script ``scripts/pandacead`` (run as ``python scripts/pandacead``);
+  the release's is a console-script entry point (``pandacead.cli:main``),
+  run through the wrapper today's pip (>= 25, what `make install` upgrades
+  to) generates, which no longer imports ``re``. As context: this tree's
+  entry point through the wrapper of older pips (``import re, sys`` first),
+  and ``python -c "import re"``.
 * **dpsgd**: training throughput per model shape (linear … 4×1024, batch 256,
   synthetic data, one thread, σ = 1, C = 1) in CPU seconds per epoch,
   round-robin: the fastest honest non-private loop (direct tensor indexing,
@@ -62,7 +66,10 @@ from common import (  # noqa: E402
 #: Today's release: the commit round two started from (main before #20 and its siblings merged).
 RELEASE_BASE = "55015c1a580c3c765e6119bfe7235ef7aba18586"
 PY = str(BIN / "python")
-WRAP = "import re, sys; sys.argv[0] = 'pandacead'; from {mod} import main; sys.exit(main())"
+#: The console-script wrapper of pip >= 25 (PipScriptMaker: no `import re`), for an entry point.
+WRAP = "import sys; sys.argv[0] = 'pandacead'; from {mod} import main; sys.exit(main())"
+#: The wrapper of older pips and distlib: `import re` before the entry point (context only).
+WRAP_RE = "import re, sys; sys.argv[0] = 'pandacead'; from {mod} import main; sys.exit(main())"
 
 
 def median(v: list[float]) -> float:
@@ -72,14 +79,17 @@ def median(v: list[float]) -> float:
 class Tree:
     """A code tree to run: this checkout or the release's copy."""
 
-    def __init__(self, name: str, root: Path, entry: str):
-        self.name, self.root, self.entry = name, root, entry
+    def __init__(self, name: str, root: Path, entry: str, script: Path | None = None):
+        self.name, self.root, self.entry, self.script = name, root, entry, script
 
     def env(self, **extra: str) -> dict[str, str]:
         path = os.pathsep.join([str(self.root), str(self.root / "plugins")])
         return clean_env(PYTHONPATH=path, COLUMNS="80", **extra)
 
     def cli(self) -> list[str]:
+        """The command as installed: the wheel script where the tree has one, else pip's wrapper."""
+        if self.script is not None and self.script.exists():
+            return [PY, str(self.script)]
         return [PY, "-c", WRAP.format(mod=self.entry)]
 
 
@@ -94,7 +104,8 @@ def trees(root: Path, base: str) -> tuple[Tree, Tree]:
     for t in (rel, REPO):
         subprocess.run([PY, "-m", "compileall", "-q", "pandacead", "plugins"], cwd=t, check=True,
                        env=clean_env(PYTHONDONTWRITEBYTECODE="0"))
-    return Tree("this", REPO, "pandacead.entry"), Tree("release", rel, "pandacead.cli")
+    return (Tree("this", REPO, "pandacead.entry", REPO / "scripts" / "pandacead"),
+            Tree("release", rel, "pandacead.cli"))
 
 
 # --------------------------------------------------------------------------- startup
@@ -105,8 +116,11 @@ def startup(this: Tree, rel: Tree, root: Path, runs: int) -> dict[str, Any]:
     for t in (this, rel):
         h = make_home(root / f"startup-{t.name}")
         for u, e in (("alice", "5"), ("bob", "3"), ("carol", "1")):
-            subprocess.run([*t.cli(), "budget", "set", u, e], env=t.env(PANDACEAD_HOME=str(h)), check=True,
-                           capture_output=True)
+            r = subprocess.run([*t.cli(), "budget", "set", u, e, "--create"], env=t.env(PANDACEAD_HOME=str(h)),
+                               capture_output=True)
+            if r.returncode != 0:  # a tree from before accounts needed --create
+                subprocess.run([*t.cli(), "budget", "set", u, e], env=t.env(PANDACEAD_HOME=str(h)), check=True,
+                               capture_output=True)
         homes[t.name] = h
     cmds: dict[str, tuple[list[str], dict[str, str]]] = {
         "python -c pass": ([PY, "-c", "pass"], clean_env()),
@@ -117,6 +131,8 @@ def startup(this: Tree, rel: Tree, root: Path, runs: int) -> dict[str, Any]:
         env = t.env(PANDACEAD_HOME=str(homes[t.name]))
         cmds[f"{t.name}: --help"] = ([*t.cli(), "--help"], env)
         cmds[f"{t.name}: budget show"] = ([*t.cli(), "budget", "show"], env)
+    env = this.env(PANDACEAD_HOME=str(homes["this"]))
+    cmds["this: --help (old pip wrapper, import re)"] = ([PY, "-c", WRAP_RE.format(mod=this.entry), "--help"], env)
     samples: dict[str, list[float]] = {k: [] for k in cmds}
     for i in range(runs + 1):
         for k, (cmd, env) in cmds.items():

@@ -138,9 +138,8 @@ Three things separate the daemon from the floor:
    {_f(fl['p50_ms'] + fp['sqlite_commit'])} ms per job, against which the daemon's p50 is
    {_f(dm['p50_ms'] / max(1e-9, fl['p50_ms'] + fp['sqlite_commit']))}×.
 2. **The job's last progress row** (`jobs show` reports the final epoch of a finished job) is
-   a third commit, written after the artifact is out (so it is not in the latency, but it is in
-   the throughput): {_f(w.get('last progress row (commit 3)'))} ms in this run; see *Left open*
-   for how the ledger could fold it into the second.
+   written by the commit's own transaction (it was a third commit until #20 round three; see
+   *Left open* for why the second commit stays durable).
 3. **CPU the contract asks for**: schema validation of the job
    ({_f(c.get('parse + schema'), 2)} ms), the RFC 8785 canonical hash of the artifact
    ({_f(c.get('artifact + RFC 8785 hash'), 2)} ms), the in-toto statement and DSSE envelope
@@ -266,25 +265,22 @@ def _section_d(d: dict[str, Any]) -> str:
                  f"`{i['slowest_child']['module']}` {_f(i['slowest_child']['cumulative_ms'], 1)} ms"]
                 for i in imports]
     return "\n".join([head, f"""Whole processes, spawn to exit, median of {d['runs']} runs each, taking turns: the
-venv's `python` and its `pandacead` console script, on a home with a few users in the ledger.
-`python -c "import click"` is not a target: it shows what the CLI framework alone costs.
+venv's `python` and its `pandacead` command (the wheel script `scripts/pandacead`), on a home with
+a few users in the ledger. `python -c "import click"` is not a target: it shows what the CLI
+framework alone costs.
 """,
         _table(["command", "median ms", "vs `python -c pass`"], rows),
         """
-`pandacead --help` imports click and the CLI module only (no torch, no ledger, no plugins):
-click by itself is about 4× an empty interpreter on this machine, so the help text costs
-little more than the framework it is written in.
-
-`pandacead budget show` is dominated by one import. The slowest imports of `budget show`
-(`python -X importtime`, cumulative ms, this run):
+`pandacead --help` prints click's own text from the checksummed cache (`pandacead/entry.py`) and
+`budget show` reads the ledger with `pandacead/budget_read.py` (a TOML subset parser, the C
+`_sqlite3` module, a read-only connection): neither imports click, `pandacead.config` or `Ledger`.
+The slowest imports of `budget show` (`python -X importtime`, cumulative ms, this run):
 """,
         _table(["imported by `budget show`", "ms", "its slowest import"], imp_rows),
         """
-`pandacead.ledger` imports `sqlite_utils` at module level, and `sqlite_utils.db` imports pandas
-(and numpy) whenever they are installed, to support DataFrame columns pandacead never uses.
-pandas is installed here by the `dev` extra (`datasets.py` reads Parquet with it), so every
-ledger command pays for it (`importlib.metadata` is sqlite_utils again: it loads its own
-plugins' entry points when the ledger opens the database). See *Left open*.
+Through click (`PANDACEAD_CLI_FAST=0`, or any case the reader hands over) the same command imports
+click, `pandacead.config` and the ledger (`bench/bench_startup.py` reports those imports as
+`budget_show_imports_click`).
 """])
 
 
@@ -367,26 +363,24 @@ same venv with `PYTHONPATH` pointing at it; the two take turns. Load average
         m, q = st["median_s"], st["ratios"]
         out.append(f"""### Start-up
 
-Median of {st['runs']} runs each, taking turns, as pip's console script runs them (`import re, sys`,
-then the entry point); `python -c pass` = {_f(m['python -c pass'] * 1e3, 1)} ms. This tree answers
+Median of {st['runs']} runs each, taking turns, each tree's command as it is installed: this tree's
+wheel script `scripts/pandacead`; the release's console-script entry point through the wrapper
+today's pip (>= 25, which `make install` upgrades to) writes, without `import re`;
+`python -c pass` = {_f(m['python -c pass'] * 1e3, 1)} ms. This tree answers
 `--help` from click's own output, cached and checksummed (`pandacead/entry.py`; it equals click's
-output in this run: {st.get('help_equals_click')}), and `budget show` without importing click.
+output in this run: {st.get('help_equals_click')}), and `budget show` with `pandacead/budget_read.py`
+(no click, no `pandacead.config`, no `Ledger`).
 """)
         out.append(_table(["command", "this tree", "release"], [
             [f"`pandacead {c}`", f"{_f(m[f'this: {c}'] * 1e3, 1)} ms ({q[f'this: {c}']:.2f}×)",
              f"{_f(m[f'release: {c}'] * 1e3, 1)} ms ({q[f'release: {c}']:.2f}×)"]
             for c in ("--help", "budget show")]))
-        if "python -c 'import re'" in q:
+        old_key = "this: --help (old pip wrapper, import re)"
+        if "python -c 'import re'" in q and old_key in q:
             out.append(f"""
-Of `--help`'s {q['this: --help']:.2f}×, {q["python -c 'import re'"]:.2f}× is `python -c "import re"`: the
-`import re` that pip's generated console script runs before any of pandacead's code (the
-measured prototype of #20, 1.10×, ran without that wrapper).
-""")
-        out.append("""
-`budget show` still imports `pandacead.config` and `pandacead.ledger` (pathlib, dataclasses,
-tomllib, sqlite3, the accounting module): that, not click, is what remains above 3×. Cutting it
-means a reader of the ledger that does not go through `Ledger`, which is being rewritten for the
-kept filter state (item 1 of #20); left for after that change.
+Context: `python -c "import re"` alone is {q["python -c 'import re'"]:.2f}×; this tree's `--help` through
+the console-script wrapper of older pips and distlib (`import re, sys` first, what round two measured)
+is {q[old_key]:.2f}×: that `import re` is why the command is a script of its own now.
 """)
     dp = (g.get("dpsgd") or {}).get("shapes", [])
     if dp:
@@ -514,14 +508,25 @@ Round two (#20, this branch; figures in (r) above):
 5. **Accounting memos** (`plugins/pandacead_opacus/privacy.py`): σ calibration, ε of a history
    and RDP curves are bounded LRU memos on their exact inputs; a repeated job shape skips the
    search and the second ε computation in training.
-6. **Click-free start-up** (`pandacead/entry.py`, the console script): `--help`, `-h` and
+6. **Click-free start-up** (`pandacead/entry.py`, `scripts/pandacead`): `--help`, `-h` and
    `--version` of every command come from click's own output, cached at install and
-   checksummed against `cli.py`, click and the terminal width; `budget show` reads the ledger
-   directly. `make install` byte-compiles the tree.
+   checksummed against `cli.py`, click and the terminal width. `make install` byte-compiles the
+   tree. The command is a wheel script (pyproject `shared-scripts`), not a console-script
+   entry point: the wrapper of older pips and distlib runs `import re` first (≈ 0.5× a
+   `python -c pass` by itself).
+   `budget show` is read by `pandacead/budget_read.py`: a strict TOML subset parser (tomllib for
+   anything else), the C `_sqlite3` module on a read-only connection, one snapshot; it hands
+   over to click on an environment override, a configuration it does not plainly accept, a
+   pending migration, a ledger not in WAL mode or any error. Its equality with the click
+   command is tested on real basic and rdp ledgers (tests/test_cli_fastpath.py) and guarded
+   by a checksum of the code it mirrors (`entry.BUDGET_SHOW_SOURCE_CRC`) and of its files.
 7. **Backlog from one scan** (`pandacead/daemon.py`): claims come from the last inbox scan
    until `rescan_interval` passes, instead of a full rescan (and an idle-check scan) per claim.
 8. **Fast schema check** (`pandacead/jobs.py`): fastjsonschema passes valid jobs; jsonschema
    decides and explains everything else.
+9. **One commit fewer per job** (`Ledger.commit(progress=)`, `pandacead/pipeline.py`): the last
+   progress row is written in the commit's transaction; a job makes two durable commits, the
+   reservation before training and the commit after its artifact.
 """
 
 OPEN = """## Left open (outside the benchmark's files), with the measured effect
@@ -535,11 +540,21 @@ OPEN = """## Left open (outside the benchmark's files), with the measured effect
   `pandacead.config`, `pandacead.accounting`, one SELECT) 124 ms (6.7×), of which
   `import click` alone is 72 ms (3.9×). Importing the daemon's modules takes 118 MB of
   RSS with pandas and 50 MB without.
-* **The third commit of a job (a), `ledger.py`:** let `Ledger.commit()` take the final
-  progress and write it in the commit's own transaction (one durable commit fewer per job:
-  the "last progress row" line of the stage table), and/or write progress rows under
-  `PRAGMA synchronous = NORMAL`: they are advisory, and the next FULL commit makes them
-  durable, so they would cost no fsync.
+* **One durable commit per job (a), #20 item 5: not done, on purpose.** `Ledger.commit()` now
+  writes the job's last progress row in its own transaction (round two's third commit is gone:
+  two per job, the reservation and the commit). The reservation must stay durable: it is the
+  pre-flight charge (invariant 2); were it lost in a power cut after the artifact's fsync, the
+  job would be reserved, trained and published again from its spool file, a second release
+  charged once. The commit could be written under `synchronous = NORMAL` (the next FULL
+  commit, the next job's reservation, makes it durable) only if nothing that follows it can
+  reach the disk first: today the spool file is unlinked right after the commit, and after a
+  power cut that kept the unlink but lost the commit, the reservation would stay `reserved`
+  for ever (charged, so private, but not "one outcome": the job's row stays `running`, no
+  retry finds it). Doing it safely needs the spool clean-up deferred until the next durable
+  commit (or a recovery sweep that commits a reserved spend from its published artifact when
+  its spool file is gone), plus power-loss tests that the `kill -9` crash points cannot give;
+  not in this round. Measured cost of that second commit: the "commit (commit 2)" line of the
+  stage table.
 * **The first job after start (b, e), `plugins/`:** an optional `warm(ctx)` on the
   trainers, which the worker's warm-up already calls. For `OpacusTrainer`, one DP-SGD step
   on a few random rows (a 4-feature linear model through `make_private`, one batch): in a
@@ -549,12 +564,13 @@ OPEN = """## Left open (outside the benchmark's files), with the measured effect
   difference between its first and later jobs in (e)). The trainer contract
   (`docs/plugins.md`) and `pandacead.toml`'s comments should then mention `warm`,
   `[trainer] prewarm`, `preload` and `warm_timeout`.
-* **`budget show` (d, r):** with click out of its path (round two), what is left is
-  `pandacead.config` and `pandacead.ledger` themselves (pathlib, dataclasses, tomllib, sqlite3,
-  the accounting module); a leaner ledger reader belongs with the ledger rewrite of #20 item 1.
-* **Round two, not in this branch (#20):** the kept filter state for `rdp` admission (item 1),
-  one durable commit per job (item 5) and the audit index (item 7) come with the ledger rewrite;
-  the residual growth of the backlog's per-job cost in (r) is the ledger's history per user.
+* **`budget show` from a wheel (d, r):** `pip install` of a wheel has no `_cli_cache.py` (it is
+  written at install by `make install`, from click's output on that host): every command works
+  there, through click, until `python -m pandacead.entry --write-cache` writes it. A build hook
+  could ship the click-independent half (the reader's data) in the wheel.
+* **Round two, the ledger (#20 items 1 and 7):** the kept filter state for `rdp` admission and the
+  audit index are done: see *Ledger cost against history* below; the residual growth of the
+  backlog's per-job cost in (r) is the ledger's history per user.
 * Throughput in (a) is with `workers = 1`, the default; a host that wants more jobs at a
   time raises `[daemon] workers` or runs more daemons on one home.
 """

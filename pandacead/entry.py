@@ -8,11 +8,17 @@ source that shapes the help text (`pandacead/cli.py`, `pandacead/_version.py`,
 click's package), the terminal width it was rendered for and the program
 name. Anything else — another width, a stale checksum, an unknown argument
 — goes to click, so the output is always click's. `budget show` reads the
-ledger through `pandacead.ledger` exactly as the click command does and
-prints the same bytes, only while cli.py's `budget show` is the code it
-mirrors (a checksum of that code's source, `BUDGET_SHOW_SOURCE_CRC`, checked
-when the cache is built); on any doubt (an odd argument, an error) it prints
-nothing and hands over to click, which then reports as it always does.
+ledger with pandacead/budget_read.py (tomllib and a read-only sqlite3
+connection: neither click nor `pandacead.config` nor `Ledger`) and prints the
+same bytes as the click command, only while the code it mirrors is the code
+it was written for (a checksum of that code's source, `BUDGET_SHOW_SOURCE_CRC`,
+checked when the cache is built, and a checksum of the files it lives in,
+checked at every run); on any doubt (an odd argument or configuration, a
+migration pending, an error) it prints nothing and hands over to click, which
+then reports as it always does.
+
+The command itself is scripts/pandacead (installed as a wheel script), not a
+console_scripts wrapper, whose `import re` alone costs half a `python -c pass`.
 
 Regenerate the cache with ``python -m pandacead.entry --write-cache``
 (`make install` does; tests/test_cli_fastpath.py fails when it is stale).
@@ -115,7 +121,10 @@ _BUDGET_COLUMNS = [
 
 
 def _budget_show(args: list[str]) -> str | None:
-    """`budget show [USER] [--home DIR] [--json]` as pandacead.cli.budget_show prints it, or None (ask click)."""
+    """`budget show [USER] [--home DIR] [--json]` as pandacead.cli.budget_show prints it, or None (ask click).
+
+    Called only while `_budget_show_current()`; budget_read.show returns None wherever the
+    click path could print anything else."""
     user = home = None
     as_json = False
     i = 0
@@ -135,28 +144,22 @@ def _budget_show(args: list[str]) -> str | None:
         i += 1
     if home is not None and (home == "" or home.startswith("-") or os.path.isfile(home)):
         return None
-    from pandacead.config import load_settings
-    from pandacead.ledger import Ledger
+    from pandacead import _cli_cache as cache
+    from pandacead import budget_read
 
-    s = load_settings(home)
-    if not s.ledger_path.exists():
+    got = budget_read.show(home, user, cache.READER)
+    if got is None:
         return None
-    led = Ledger.from_settings(s, actor="cli:budget-show")  # read-only: no audit entry is written
-    try:
-        rows = [led.summary(user)] if user else [led.summary(b.user_id) for b in led.budgets()]
-        if as_json:
-            import json
+    rows, composition = got
+    if as_json:
+        import json
 
-            return json.dumps(rows[0] if user else rows, indent=2, sort_keys=False, default=str) + "\n"
-        cols = _BUDGET_COLUMNS + ([("basic_epsilon_spent", "ε IF ADDED")] if led.composition == "rdp" else [])
-        out = _table(rows, cols) + "\n" + f"(composition: {led.composition})\n"
-        if user and not rows[0]["known"]:
-            out += f"({user} has no ledger entry yet: this is the default budget)\n"
-        return out
-    finally:
-        close = getattr(led, "close", None)
-        if close is not None:
-            close()
+        return json.dumps(rows[0] if user else rows, indent=2, sort_keys=False, default=str) + "\n"
+    cols = _BUDGET_COLUMNS + ([("basic_epsilon_spent", "ε IF ADDED")] if composition == "rdp" else [])
+    out = _table(rows, cols) + "\n" + f"(composition: {composition})\n"
+    if user and not rows[0]["known"]:
+        out += f"({user} has no ledger entry yet: this is the default budget)\n"
+    return out
 
 
 def _budget_show_current() -> bool:
@@ -167,25 +170,41 @@ def _budget_show_current() -> bool:
         return False
     if not getattr(cache, "BUDGET_SHOW_MIRRORED", False):
         return False
+    from pandacead import budget_read
+
     try:
-        return _checksum([os.path.join(_HERE, s) for s in _SOURCES]) == cache.FINGERPRINT[0]
-    except (OSError, IndexError, TypeError):
+        return budget_read.sources_crc() == cache.READER["sources_crc"]
+    except (OSError, AttributeError, KeyError, TypeError):
         return False
 
 
-#: zlib.crc32 of the source of cli.py's `budget show` (its decorators and body, `_ledger`,
-#: `_table`, `_cell`, BUDGET_COLUMNS) that `_budget_show` reproduces. When cli.py's differs,
-#: the cache says so and `budget show` goes to click; update both together.
-BUDGET_SHOW_SOURCE_CRC = 513243266
+#: zlib.crc32 of the sources that `_budget_show` and pandacead/budget_read.py reproduce: cli.py's
+#: `budget show` (its body, `_ledger`, `_settings`, `_table`, `_cell`, `_emit_json`, BUDGET_COLUMNS),
+#: the settings it loads and checks (config.load_settings, resolve_home, check_known, _check,
+#: Settings, devices/executor.check_config, policy.policy_for) and the ledger's open and
+#: summary (Ledger.__init__, from_settings, _migrate, _pending_migrations, budget, budgets,
+#: summary, _kept, Budget). When any differs, the cache says so and `budget show` goes to click:
+#: make budget_read.py do what the new code does, then set this to `budget_show_source_crc()`.
+BUDGET_SHOW_SOURCE_CRC = 4162188660
 
 
 def budget_show_source_crc() -> int:
     import inspect
     import zlib
 
-    from pandacead import cli
+    from pandacead import cli, config, devices, executor
+    from pandacead.ledger import core, policy
 
-    funcs: list[Any] = [cli.budget_show.callback, cli._ledger, cli._table, cli._cell]
+    L = core.Ledger
+    funcs: list[Any] = [
+        cli.budget_show.callback, cli._ledger, cli._settings, cli._table, cli._cell, cli._emit_json,
+        config.load_settings, config.resolve_home, config.check_known, config._check, config._env_overrides_named,
+        config.Settings,
+        devices.check_config, executor.check_config, policy.policy_for, policy._amount,
+        policy.policies_from_settings,
+        L.__init__, L.from_settings, L._migrate, L._pending_migrations, L.budget, L.budgets, L.summary, L._kept,
+        L._user_row, L.query, core.Budget, core._budget,
+    ]
     parts = [inspect.getsource(f) for f in funcs]
     return zlib.crc32(("".join(parts) + repr(cli.BUDGET_COLUMNS)).encode())
 
@@ -207,9 +226,13 @@ def fast_answer(argv: list[str], prog: str) -> str | None:
 def main() -> None:
     text = fast_answer(sys.argv[1:], os.path.basename(sys.argv[0]))
     if text is not None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
+        try:
+            sys.stdout.write(text)  # encodes the whole text first: nothing is written on an error
+        except UnicodeEncodeError:
+            pass  # e.g. PYTHONIOENCODING=ascii: click writes it its own way
+        else:
+            sys.stdout.flush()
+            return
     from pandacead.cli import main as click_main
 
     click_main()
@@ -250,8 +273,11 @@ def build_cache() -> dict[str, Any]:
         for flag in ("--help", "-h"):
             outputs[(*path, flag)] = _render(cli, [*path, flag])
     outputs[("--version",)] = _render(cli, ["--version"])
+    from pandacead import budget_read
+
     return {"WIDTH": _width(), "FINGERPRINT": _fingerprint(_click_file()), "OUTPUTS": outputs,
-            "BUDGET_SHOW_MIRRORED": budget_show_source_crc() == BUDGET_SHOW_SOURCE_CRC}
+            "BUDGET_SHOW_MIRRORED": budget_show_source_crc() == BUDGET_SHOW_SOURCE_CRC,
+            "READER": budget_read.reader_data()}
 
 
 def write_cache(path: str | None = None) -> str:
@@ -272,6 +298,7 @@ def write_cache(path: str | None = None) -> str:
         f"WIDTH = {data['WIDTH']!r}",
         f"FINGERPRINT = {data['FINGERPRINT']!r}",
         f"BUDGET_SHOW_MIRRORED = {data['BUDGET_SHOW_MIRRORED']!r}",
+        f"READER = {data['READER']!r}",
         "OUTPUTS = {",
         *(f"    {k!r}: {v!r}," for k, v in sorted(data["OUTPUTS"].items())),
         "}",

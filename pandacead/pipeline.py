@@ -453,8 +453,9 @@ class Pipeline:
         # Progress rows are for `jobs show` while a job runs: at most one every
         # 0.5 s, the first 0.5 s into training. Each is a durable SQLite commit
         # (an fsync), so a short job writes none while it trains; the last epoch's
-        # row is kept for `record_final_progress`, after the artifact is out
-        # (docs/benchmarks.md: a mock job made 3 commits before its artifact, now 1).
+        # row is written by the commit's own transaction, after the artifact is out
+        # (docs/benchmarks.md: a mock job made 3 commits before its artifact, now 1;
+        # 2 in all, the reservation and the commit).
         last = [time.monotonic()]
         self._local.final_progress = None
         self._local.touched = False
@@ -524,6 +525,18 @@ class Pipeline:
                 f" (ε={plan.epsilon:.6g}, δ={plan.delta:.3g}); the result is discarded.",
             )
         return result
+
+    def _take_final_progress(self, row_id: int) -> dict[str, Any] | None:
+        """The last epoch's progress of the job this thread trained (for `Ledger.commit`), once."""
+        final = getattr(self._local, "final_progress", None)
+        if final is None or final[0] != row_id:
+            return None
+        self._local.final_progress = None
+        try:  # a report JSON cannot hold gets no row (as `job_progress` did), never a failed commit
+            json.dumps(final[1])
+        except (TypeError, ValueError):
+            return None
+        return dict(final[1])
 
     def record_final_progress(self) -> None:
         """Write the last epoch's progress row of the job this thread trained, if it reported one."""
@@ -780,7 +793,8 @@ class Pipeline:
         try:
             path = self.publish_success(job, trainer, plan, result, started, _scope(spooled))
             log.info("job %s published %s", job.job_id, path.name, extra=extra)
-            self._commit(job, result.epsilon, result.delta, row_id, _scope(spooled))
+            self._commit(job, result.epsilon, result.delta, row_id, _scope(spooled),
+                         progress=self._take_final_progress(row_id))
         except Deferred as exc:
             self._note_waiting(job, row_id, exc.reason)
             raise
@@ -801,12 +815,14 @@ class Pipeline:
         with contextlib.suppress(Exception):
             self.ledger().job_event(job.job_id, "running", row_id=row_id, error=f"waiting: {why}")
 
-    def _commit(self, job: Job, epsilon: float, delta: float, row_id: int, scope: str = "") -> None:
-        """Charge a published job. Its artifact is out: a failure here must never turn into a
-        release, so it defers (the next attempt finds the artifact and commits it)."""
+    def _commit(self, job: Job, epsilon: float, delta: float, row_id: int, scope: str = "",
+                progress: dict[str, Any] | None = None) -> None:
+        """Charge a published job (and write its last progress row in the same transaction). Its
+        artifact is out: a failure here must never turn into a release, so it defers (the next
+        attempt finds the artifact and commits it)."""
         try:
             faults.fail("commit")
-            self.ledger().commit(job.job_id, epsilon, delta, row_id=row_id, scope=scope)
+            self.ledger().commit(job.job_id, epsilon, delta, row_id=row_id, scope=scope, progress=progress)
         except Exception as exc:
             reason = f"its spend could not be recorded ({type(exc).__name__}: {exc})"
             raise Deferred(

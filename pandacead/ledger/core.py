@@ -1067,11 +1067,22 @@ class Ledger:
                           " ORDER BY user_id")
 
     def commit(
-        self, job_id: str, epsilon: float, delta: float, row_id: int | None = None, scope: str = ""
+        self, job_id: str, epsilon: float, delta: float, row_id: int | None = None, scope: str = "",
+        progress: dict[str, Any] | None = None,
     ) -> None:
-        """Charge the actual spend (never above the reservation) and free the rest."""
+        """Charge the actual spend (never above the reservation) and free the rest.
+
+        `progress`: the job's last progress report (`jobs show`), written to its status row in
+        the same transaction, so a finished job costs one durable commit after training, not two."""
+        progress_json = None if progress is None else json.dumps(progress)  # raises before the transaction
         with self.transaction() as conn:
-            if row_id is not None:
+            if row_id is not None and progress_json is not None:
+                conn.execute(
+                    "UPDATE jobs SET status = 'succeeded', epsilon = ?, delta = ?, progress = ?, updated_at = ?"
+                    " WHERE id = ?",
+                    (epsilon, delta, progress_json, now(), row_id),
+                )
+            elif row_id is not None:
                 conn.execute(
                     "UPDATE jobs SET status = 'succeeded', epsilon = ?, delta = ?, updated_at = ? WHERE id = ?",
                     (epsilon, delta, now(), row_id),
