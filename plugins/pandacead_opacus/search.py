@@ -73,10 +73,12 @@ def spec_of(job: Job) -> dict[str, Any]:
 
 
 #: The space of a search block without one, relative to the job's own values (the family
-#: defaults where the buyer left them out, so those are the median candidate): learning
-#: rate log-uniform in [lr/F, lr·F], and these epoch fractions.
-DEFAULT_LR_FACTOR = 2.0
-DEFAULT_EPOCH_FRACTIONS = (0.5, 1.0)
+#: defaults where the buyer left them out): the learning rate log-uniform in
+#: [lr·low, lr·high], the batch size times each factor, the job's epochs. A candidate runs
+#: at roughly ε/2.3 of the search's ε, so it is noisier than one run at ε: the space
+#: leans to smaller steps and batches, which average the extra noise (docs/accounting.md).
+DEFAULT_LR_RANGE = (0.25, 1.0)
+DEFAULT_BATCH_FACTORS = (0.5, 1.0)
 
 
 def space_of(job: Job) -> dict[str, Any]:
@@ -87,9 +89,9 @@ def space_of(job: Job) -> dict[str, Any]:
     if space:
         return dict(space)
     lr = float(job.learning_rate)
-    epochs = sorted({max(1, int(round(job.epochs * f))) for f in DEFAULT_EPOCH_FRACTIONS})
-    return {"learning_rate": {"low": lr / DEFAULT_LR_FACTOR, "high": lr * DEFAULT_LR_FACTOR, "log": True},
-            "epochs": epochs}
+    batches = sorted({max(1, int(round(job.batch_size * f))) for f in DEFAULT_BATCH_FACTORS})
+    return {"learning_rate": {"low": lr * DEFAULT_LR_RANGE[0], "high": lr * DEFAULT_LR_RANGE[1], "log": True},
+            "batch_size": batches, "epochs": [int(job.epochs)]}
 
 
 def configs(job: Job) -> list[dict[str, Any]]:
