@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eps", default="1,3")
     ap.add_argument("--mean", type=float, default=10.0)
     ap.add_argument("--only", default="breast_cancer")
-    ap.add_argument("--space", choices=sorted(SPACES), default="near-defaults")
+    ap.add_argument("--space", choices=sorted(SPACES), default="default")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args(argv)
     eps_list = [float(e) for e in args.eps.split(",")]
