@@ -38,6 +38,8 @@ import utility as U  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "utility.md"
 BEGIN, END = "<!-- bench_tuning: begin -->", "<!-- bench_tuning: end -->"
+#: The reading of the table (prose, updated by hand when the figures change).
+READING = Path(__file__).resolve().parent / "bench_tuning_reading.md"
 #: "default": the search's own space (no `space` in the job: search.space_of around the
 #: family defaults); a buyer's space around the family defaults (linear: 30 epochs, lr 2,
 #: batch n/3), and a wide one that also covers poor settings.
@@ -171,8 +173,10 @@ def render(results: dict[str, Any], eps_list: list[float], mean: float) -> str:
             lines.append(
                 f"| {name} | {eps:g} | {_ms(c.get(f'default@{eps:g}'))} | {_ms(c.get(f'search@{eps:g}'))} | "
                 f"{_ms(c.get(f'bestofk@{eps:g}'))} | {np.mean(ratio):.2f}× |" if ratio else "| – |")
-        lines.append("")
-        lines.append(f"{name}: {r['seeds']} seeds, {r['seconds']:.0f} s.")
+    lines.append("")
+    lines.append("; ".join(f"{name}: {r['seeds']} seeds, {r['seconds']:.0f} s" for name, r in results.items()) + ".")
+    if READING.exists():  # the hand-written reading of the figures, kept across reruns
+        lines += ["", READING.read_text().rstrip("\n")]
     lines.append(END)
     return "\n".join(lines) + "\n"
 
@@ -195,11 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="breast_cancer")
     ap.add_argument("--space", choices=sorted(SPACES), default="default")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
+    ap.add_argument("--from-json", type=Path, help="render these raw results (from --json) instead of measuring")
     args = ap.parse_args(argv)
     eps_list = [float(e) for e in args.eps.split(",")]
     global SPACE
     SPACE = SPACES[args.space]
-    results = measure(args.only.split(","), eps_list, args.seeds, args.mean)
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+    else:
+        results = measure(args.only.split(","), eps_list, args.seeds, args.mean)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     block = render(results, eps_list, args.mean)

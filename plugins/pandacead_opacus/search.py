@@ -350,27 +350,6 @@ def _draw(space: dict[str, Any], key: str, default: float, rng: Any) -> float:
     return float(rng.uniform(low, high))
 
 
-def _brier_total(model: Any, arch: dict[str, Any], X: Any, y: Any) -> float:
-    """Σ over rows of 1 − B/2, B the Brier score Σ_k (p_k − [k = y])² ∈ [0, 2]: each row adds
-    a value in [0, 1], so the sum has sensitivity 1 under add/remove, like the count."""
-    import numpy as np
-    import torch
-
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.as_tensor(np.asarray(X, dtype=np.float32)))
-    yy = np.asarray(y, dtype=np.int64)
-    if arch["head"] == "binary_logit":
-        p1 = torch.sigmoid(out.reshape(-1)).double().numpy()
-        probs = np.stack([1 - p1, p1], axis=1)
-    else:
-        probs = torch.softmax(out.double(), dim=1).numpy()
-    onehot = np.eye(probs.shape[1])[yy]
-    b = np.sum((probs - onehot) ** 2, axis=1)
-    b = np.where(np.isfinite(b), b, 2.0)
-    return float(np.sum(1 - np.clip(b, 0.0, 2.0) / 2))
-
-
 def run_search(
     job: Job,
     plan: Any,
@@ -407,7 +386,7 @@ def run_search(
     fit_arrays = {"X_train": X_fit, "y_train": y_fit, "X_test": X_val[:0], "y_test": y_val[:0]}
     space = dict(s.get("space") or {})
     n_val_public = int(s["n_validation_public"])
-    classification = s["metric"] in ("accuracy", "brier")
+    classification = s["metric"] == "accuracy"
     best: dict[str, Any] | None = None
     best_score = -math.inf
     progress({"stage": "search", "message": "searching hyperparameters"})
@@ -437,9 +416,7 @@ def run_search(
         model, arch = models.load_model(result["model"])
         if len(X_val):
             pred = models.predict(model, arch, X_val)
-            if s["metric"] == "brier":
-                total = _brier_total(model, arch, X_val, y_val)
-            elif classification:
+            if classification:
                 total = float(np.sum(pred == np.asarray(y_val, dtype=np.int64)))
             else:
                 err = (pred.astype(np.float64) - np.asarray(y_val, dtype=np.float64)) ** 2
