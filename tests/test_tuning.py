@@ -155,6 +155,11 @@ def test_number_of_candidates_follows_the_host_secret_not_the_job():
 
         def train_candidate(cj, cp, fit, seed, calls=calls):
             calls.append(seed)
+            # Each candidate trains with its configuration's priced σ_c, on every training row.
+            (cfg,) = [c for c in plan.details["search"]["configs"] if c["config"]["epochs"] == cj["epochs"]]
+            assert cj["dp"]["noise_multiplier"] == cp["noise_multiplier"] == cfg["noise_multiplier"]
+            assert (cp["sample_rate"], cp["steps"]) == (cfg["sample_rate"], cfg["steps"])
+            assert len(fit["X_train"]) == len(arrays["X_train"])
             return train_arrays(cj, cp, fit, noise_seed=seed)
 
         best = search_mod.run_search(job, plan, arrays, noise_seed=1000 + secret,
