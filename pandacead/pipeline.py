@@ -72,7 +72,8 @@ log = logging.getLogger("pandacead.job")
 #: A calibrated plan costs at least this share of the requested ε (see `Pipeline.precheck`).
 PRECHECK_SHARE = 0.9
 #: Metric keys a private dataset's artifact may carry: post-processing of DP outputs only.
-DP_METRICS = ("diverged", "validation_accuracy_dp", "validation_clipped_loss_dp")
+DP_METRICS = ("diverged", "validation_accuracy_dp", "validation_clipped_loss_dp", "train_accuracy_dp",
+              "train_clipped_loss_dp")
 #: Provenance keys released for private data (library versions, the opaque dataset id).
 RELEASED_PROVENANCE = ("versions", "backend", "dataset", "dataset_version", "noise_source")
 #: Under the state directory: one directory per job that a trainer may checkpoint into
@@ -959,7 +960,7 @@ def _released_score(key: str, value: Any) -> bool:
     """A search's noisy score in the form the search releases it (anything else is not released)."""
     if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value):
         return False
-    return 0.0 <= value <= 1.0 if key == "validation_accuracy_dp" else value >= 0.0
+    return 0.0 <= value <= 1.0 if key.endswith("accuracy_dp") else value >= 0.0
 
 
 def _timing_key(key: str) -> bool:

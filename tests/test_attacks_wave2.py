@@ -167,11 +167,12 @@ def test_search_release_carries_no_k_candidates_or_exact_score():
     out, _ = Pipeline.released(pipe, job, res)
     text = json.dumps({k2: v for k2, v in dataclasses.asdict(out).items() if k2 != "model"}, default=str)
     assert "best_score_so_far" not in text and "candidate\"" not in text
-    assert "validation_accuracy_dp" in out.metrics and set(out.metrics) <= {"diverged", "validation_accuracy_dp"}
+    # Scored on its training rows by default (validation_fraction 0): a `train_*_dp` score.
+    assert "train_accuracy_dp" in out.metrics and set(out.metrics) <= {"diverged", "train_accuracy_dp"}
     # The released score is the best noisy score, clamped: never an exact count over n_val.
-    assert out.metrics["validation_accuracy_dp"] == pytest.approx(min(1.0, max(0.0, max(scores))))
+    assert out.metrics["train_accuracy_dp"] == pytest.approx(min(1.0, max(0.0, max(scores))))
     assert out.training_params["search"].keys() == {"distribution", "mean", "shape", "validation_fraction",
-                                                    "score_noise"}
+                                                    "scored_on", "score_share", "score_noise"}
     assert k >= 1 and len(scores) == k  # the host saw K scores; the buyer gets one number
 
 

@@ -155,6 +155,11 @@ def test_number_of_candidates_follows_the_host_secret_not_the_job():
 
         def train_candidate(cj, cp, fit, seed, calls=calls):
             calls.append(seed)
+            # Each candidate trains with its configuration's priced σ_c, on every training row.
+            (cfg,) = [c for c in plan.details["search"]["configs"] if c["config"]["epochs"] == cj["epochs"]]
+            assert cj["dp"]["noise_multiplier"] == cp["noise_multiplier"] == cfg["noise_multiplier"]
+            assert (cp["sample_rate"], cp["steps"]) == (cfg["sample_rate"], cfg["steps"])
+            assert len(fit["X_train"]) == len(arrays["X_train"])
             return train_arrays(cj, cp, fit, noise_seed=seed)
 
         best = search_mod.run_search(job, plan, arrays, noise_seed=1000 + secret,
@@ -184,8 +189,8 @@ def test_search_job_through_the_daemon_releases_one_model_and_charges_the_search
     assert out["search-mock"] == "error"  # no silent run without the search
     art = __import__("json").loads((home / "outbox" / "search-1.json").read_text())
     assert art["backend"] == "opacus" and art["epsilon"] <= 2.0
-    assert set(art["metrics"]) >= {"validation_accuracy_dp"}
-    assert 0.0 <= art["metrics"]["validation_accuracy_dp"] <= 1.0
+    assert set(art["metrics"]) >= {"train_accuracy_dp"}  # scored on its training rows (the default)
+    assert 0.0 <= art["metrics"]["train_accuracy_dp"] <= 1.0
     assert "candidates_run" not in __import__("json").dumps(art)
     spend = ledger(home).spend("search-1")
     assert spend["state"] == "committed" and spend["epsilon"] == pytest.approx(art["epsilon"])
@@ -193,3 +198,100 @@ def test_search_job_through_the_daemon_releases_one_model_and_charges_the_search
     # One model only: one artifact and one envelope for the search, nothing else.
     assert sorted(p.name for p in (home / "outbox").iterdir() if p.name.startswith("search-1")) == [
         "search-1.dsse.json", "search-1.json"]
+
+
+# --------------------------------------------------------------------------- the base mechanism Q
+
+
+def _plan_search(search: dict, **kw):
+    from pandacead_opacus.trainer import OpacusTrainer
+
+    from pandacead import datasets
+    from pandacead.jobs import Job
+    from pandacead.trainers import TrainerContext
+
+    info = datasets.describe("synthetic", datasets.builtin_specs()["synthetic"], ".")
+    ctx = TrainerContext(datasets={"synthetic": info}, state_dir=".", options={"home": "."})
+    job = Job.from_dict({**_search_job("q", user_id="u", search=search, **kw),
+                         "model": {"type": "linear", "hidden": []}, "backend": None})
+    return OpacusTrainer().plan(job, ctx)
+
+
+@pytest.mark.opacus
+@pytest.mark.parametrize("fraction", [0.0, 0.2])
+def test_charged_search_curve_is_dp_accountings_for_the_same_base_mechanism(fraction):
+    """One configuration: Q = DP-SGD (q, σ, steps) composed with the Gaussian score N(0, σ_s²)
+    on the same rows (validation_fraction 0), or the larger of the two (a disjoint split).
+    The charged curve equals dp-accounting's RepeatAndSelectDpEvent of that Q (never below)."""
+    pytest.importorskip("opacus")
+    de = _dp_accounting().dp_event
+    search = {"candidates": {"distribution": "logarithmic", "mean": 10}, "validation_fraction": fraction,
+              "space": {"learning_rate": [0.05, 0.2], "epochs": [2], "batch_size": [64]}}
+    plan = _plan_search(search, epsilon=3.0)
+    s = plan.details["search"]
+    (cfg,) = s["configs"]
+    assert cfg["noise_multiplier"] == plan.noise_multiplier  # the only configuration keeps σ
+    train = _base_event(cfg["sample_rate"], cfg["noise_multiplier"], cfg["steps"])
+    score = de.GaussianDpEvent(s["score_noise"])
+    charged = accounting.curve_from_json(plan.rdp)
+    if fraction == 0:
+        assert s["scored_on"] == "training rows" and s["n_validation_public"] == plan.n_train
+        ref = _rdp(de.RepeatAndSelectDpEvent(de.ComposedDpEvent([train, score]), 10.0, 0.0), RDP_ORDERS)
+    else:  # max(train, score) = train: σ_s is chosen so that the score never exceeds it
+        assert s["scored_on"] == "validation split"
+        ref = _rdp(de.RepeatAndSelectDpEvent(train, 10.0, 0.0), RDP_ORDERS)
+    for a, got, r in zip(RDP_ORDERS, charged, ref):
+        if math.isfinite(r):
+            assert got >= r * (1 - 1e-9), (a, got, r)
+            assert got == pytest.approx(r, rel=1e-6)
+    eps, _ = accounting.rdp_to_dp(dict(zip(RDP_ORDERS, charged)), plan.delta)
+    assert eps == pytest.approx(plan.epsilon) and eps <= 3.0
+
+
+@pytest.mark.opacus
+def test_each_configuration_gets_the_least_noise_whose_curve_stays_under_the_reference():
+    """Attack: a configuration trained with less noise than the plan's curve allows. Each
+    configuration's own curve at its σ_c is at or below the curve charged for Q's training
+    part at every order, and a cheaper schedule (fewer epochs) gets a smaller σ_c."""
+    pytest.importorskip("opacus")
+    from pandacead_opacus import search as search_mod
+
+    search = {"candidates": {"distribution": "geometric", "mean": 4}, "validation_fraction": 0.2,
+              "space": {"learning_rate": [0.1], "epochs": [1, 2, 4], "batch_size": [32, 64]}}
+    plan = _plan_search(search, epsilon=3.0)
+    cfgs = plan.details["search"]["configs"]
+    ref = search_mod._train_curve(cfgs, plan.noise_multiplier)
+    for c in cfgs:
+        own = search_mod._config_curve(c, c["noise_multiplier"])
+        assert all(own[a] <= ref[a] for a in ref), c["config"]
+        assert c["noise_multiplier"] <= plan.noise_multiplier
+        # σ_c is the least such σ (to the bisection's precision): 0.1 % less noise breaks the bound.
+        if c["noise_multiplier"] < plan.noise_multiplier:
+            tighter = search_mod._config_curve(c, c["noise_multiplier"] * 0.999)
+            assert any(tighter[a] > ref[a] for a in ref if math.isfinite(ref[a]))
+    by_epochs = {c["config"]["epochs"]: c["noise_multiplier"] for c in cfgs if c["config"]["batch_size"] == 64}
+    assert by_epochs[1] < by_epochs[2] < by_epochs[4]
+    # The charged curve covers the configurations as they actually train (score included).
+    _, base, s_sigma = search_mod.search_curve(cfgs, plan.noise_multiplier, 4.0, 1.0, 0.2, 0.1,
+                                               [c["noise_multiplier"] for c in cfgs])
+    for c in cfgs:
+        own = search_mod._config_curve(c, c["noise_multiplier"])
+        assert all(own[a] <= base[a] for a in base)
+
+
+@pytest.mark.opacus
+def test_a_search_without_a_space_draws_around_the_jobs_own_values():
+    """No `space`: the candidates are drawn around the job's values (lr scaled into
+    DEFAULT_LR_RANGE, batch sizes times DEFAULT_BATCH_FACTORS, the job's epochs) — the plan
+    prices exactly the configurations the run draws from."""
+    pytest.importorskip("opacus")
+    from pandacead_opacus import search as search_mod
+
+    plan = _plan_search({"candidates": {"distribution": "logarithmic", "mean": 10}}, epsilon=3.0)
+    s = plan.details["search"]
+    lo, hi = search_mod.DEFAULT_LR_RANGE
+    assert s["space"]["learning_rate"] == {"low": 0.05 * lo, "high": 0.05 * hi, "log": True}
+    assert s["space"]["epochs"] == [2]
+    assert sorted(c["config"]["batch_size"] for c in s["configs"]) == sorted(
+        {round(64 * f) for f in search_mod.DEFAULT_BATCH_FACTORS})
+    assert s["scored_on"] == "training rows" and s["score_share"] == search_mod.DEFAULT_SCORE_SHARE

@@ -3,16 +3,30 @@
 The search is one DP mechanism, priced before any data is read:
 
 * **Base algorithm Q** (one candidate): draw hyperparameters from the job's
-  space with the host's secret generator, train with DP-SGD on the *fit* part
-  of the training rows, and score the model on the *validation* part with the
-  Gaussian mechanism (the count of correct predictions, or of the clipped
-  losses, plus N(0, σ_s²); sensitivity 1 under add/remove). Each training row
-  goes to validation by its own secret coin (probability
-  ``validation_fraction``), so adding or removing one row changes either the
-  fit set or the validation set, never both: Q's Rényi curve is the
-  order-wise maximum of the worst candidate configuration's DP-SGD curve and
-  the score's curve (joint quasi-convexity of Rényi divergence over the coin).
-  σ_s is chosen so that the score's curve never exceeds the training curve.
+  space with the host's secret generator, train with DP-SGD and score the
+  model with the Gaussian mechanism (the count of correct predictions, or of
+  the clipped losses, plus N(0, σ_s²); sensitivity 1 under add/remove).
+  Two ways to score (``validation_fraction``):
+
+  - **0, the default — score on the training rows.** The candidate trains on
+    every training row and is scored on the same rows. Q is the adaptive
+    composition of DP-SGD and the score: its Rényi curve is the sum
+    ρ_train(α) + α/(2σ_s²), σ_s chosen so that the score costs at most
+    ``score_share`` of the training curve at every order. The released model
+    trained on all rows, and the count runs over all of them (5× the rows of
+    a 20 % split, so a far cleaner score for the same noise).
+  - **> 0 — a disjoint validation split.** Each training row goes to
+    validation by its own secret coin, so adding or removing one row changes
+    either the fit set or the validation set, never both: Q's curve is the
+    order-wise maximum of the training curve and the score's curve (joint
+    quasi-convexity of Rényi divergence over the coin), σ_s chosen so that
+    the score's curve never exceeds the training curve.
+
+  Every (batch size, epochs, model) of the space gets its own noise
+  multiplier σ_c: the smallest with a DP-SGD curve at or below the
+  reference curve (the order-wise maximum over the configurations at the
+  calibrated σ) at every order, so a cheaper schedule trains with less noise
+  and Q's curve is still at most the reference.
 * **Repetition**: K ~ the job's law (logarithmic, geometric, truncated
   negative binomial or Poisson, with the job's mean) drawn from the secret
   generator; only the candidate with the best noisy score is released, with
@@ -39,7 +53,10 @@ from pandacead import accounting, tuning
 from pandacead.errors import Diverged, JobFailed, JobRejected
 from pandacead.jobs import Job
 
-DEFAULT_VALIDATION_FRACTION = 0.2
+#: 0: candidates train and are scored on every training row (Q = DP-SGD ∘ score).
+DEFAULT_VALIDATION_FRACTION = 0.0
+#: Scoring on the training rows: the score's RDP curve is at most this share of the training curve.
+DEFAULT_SCORE_SHARE = 0.25
 #: At most this many privacy-relevant configurations (batch size × epochs × model).
 MAX_CONFIGS = 64
 #: σ calibration: bracket and relative tolerance on ε.
@@ -55,9 +72,31 @@ def spec_of(job: Job) -> dict[str, Any]:
     return dict(job.search or {})
 
 
+#: The space of a search block without one, relative to the job's own values (the family
+#: defaults where the buyer left them out): the learning rate log-uniform in
+#: [lr·low, lr·high], the batch size times each factor, the job's epochs. A candidate runs
+#: at roughly ε/2.3 of the search's ε, so it is noisier than one run at ε: the space
+#: leans to smaller steps and batches, which average the extra noise (docs/accounting.md).
+DEFAULT_LR_RANGE = (0.25, 1.0)
+DEFAULT_BATCH_FACTORS = (0.5, 1.0)
+
+
+def space_of(job: Job) -> dict[str, Any]:
+    """The space the candidates are drawn from: the job's, or the default around the job's values.
+
+    A key the buyer's space leaves out is fixed at the job's value."""
+    space = spec_of(job).get("space")
+    if space:
+        return dict(space)
+    lr = float(job.learning_rate)
+    batches = sorted({max(1, int(round(job.batch_size * f))) for f in DEFAULT_BATCH_FACTORS})
+    return {"learning_rate": {"low": lr * DEFAULT_LR_RANGE[0], "high": lr * DEFAULT_LR_RANGE[1], "log": True},
+            "batch_size": batches, "epochs": [int(job.epochs)]}
+
+
 def configs(job: Job) -> list[dict[str, Any]]:
     """The privacy-relevant grid: every (batch_size, epochs, hidden) the search may draw."""
-    space = dict(spec_of(job).get("space") or {})
+    space = space_of(job)
     batches = [int(b) for b in space.get("batch_size") or [job.batch_size]]
     epochs = [int(e) for e in space.get("epochs") or [job.epochs]]
     hiddens = [tuple(int(h) for h in hs) for hs in space.get("hidden") or [job.model.hidden]]
@@ -92,36 +131,88 @@ def candidate_job(job: Job, cfg: dict[str, Any], lr: float, clip: float, sigma: 
     return Job.from_dict(d)
 
 
-def score_sigma(train_curve: dict[float, float]) -> float:
-    """σ_s of the score's Gaussian mechanism: the smallest with α/(2σ_s²) ≤ ρ_train(α) at every order."""
-    need = max(a / (2 * rho) for a, rho in train_curve.items() if rho > 0 and math.isfinite(rho))
+def score_sigma(train_curve: dict[float, float], share: float = 1.0) -> float:
+    """σ_s of the score's Gaussian mechanism: the smallest with α/(2σ_s²) ≤ share·ρ_train(α) at every order."""
+    need = max(a / (2 * share * rho) for a, rho in train_curve.items() if rho > 0 and math.isfinite(rho))
     return math.sqrt(need)
 
 
-def _train_curve(schedules: list[dict[str, Any]], sigma: float) -> dict[float, float]:
+def _config_curve(schedule: dict[str, Any], sigma: float) -> dict[float, float]:
+    """The subsampled-Gaussian RDP curve of one configuration's DP-SGD run at noise σ."""
     from opacus.accountants.analysis.rdp import compute_rdp
 
     from .privacy import RDP_ORDERS
 
-    worst = {float(a): 0.0 for a in RDP_ORDERS}
-    for s in schedules:
-        values = compute_rdp(q=s["sample_rate"], noise_multiplier=sigma, steps=s["steps"], orders=RDP_ORDERS)
-        for a, v in zip(RDP_ORDERS, values):
-            v = float(v)
-            worst[float(a)] = max(worst[float(a)], v if math.isfinite(v) else math.inf)
+    values = compute_rdp(q=schedule["sample_rate"], noise_multiplier=sigma, steps=schedule["steps"], orders=RDP_ORDERS)
+    return {float(a): (float(v) if math.isfinite(float(v)) else math.inf) for a, v in zip(RDP_ORDERS, values)}
+
+
+def _train_curve(schedules: list[dict[str, Any]], sigma: float | list[float]) -> dict[float, float]:
+    """Order-wise maximum over the configurations (σ: one for all, or one per configuration)."""
+    sigmas = sigma if isinstance(sigma, list) else [sigma] * len(schedules)
+    worst: dict[float, float] = {}
+    for s, sg in zip(schedules, sigmas):
+        for a, v in _config_curve(s, sg).items():
+            worst[a] = max(worst.get(a, 0.0), v)
     return worst
 
 
+def config_sigmas(schedules: list[dict[str, Any]], sigma: float) -> list[float]:
+    """Per configuration, the smallest σ_c ≤ σ whose curve is at or below the reference at every order.
+
+    The reference is the order-wise maximum over the configurations at σ, so
+    the configuration(s) that define it keep σ and cheaper schedules (fewer
+    epochs, a smaller sampling rate) train with less noise; Q's training curve
+    stays at most the reference (each configuration's is).
+    """
+    ref = _train_curve(schedules, sigma)
+
+    def fits(s: dict[str, Any], x: float) -> bool:
+        return all(v <= ref[a] for a, v in _config_curve(s, x).items() if math.isfinite(ref[a]))
+
+    out = []
+    for s in schedules:
+        lo, hi = math.log(max(SIGMA_MIN, sigma / 20)), math.log(sigma)
+        if fits(s, math.exp(lo)):
+            out.append(math.exp(lo))
+            continue
+        while hi - lo > 1e-4:  # relative precision 1e-4 on σ_c; `hi` always fits
+            mid = (lo + hi) / 2
+            if fits(s, math.exp(mid)):
+                hi = mid
+            else:
+                lo = mid
+        out.append(sigma if hi >= math.log(sigma) else math.exp(hi))
+    return out
+
+
 def search_curve(
-    schedules: list[dict[str, Any]], sigma: float, mean: float, shape: float
+    schedules: list[dict[str, Any]],
+    sigma: float,
+    mean: float,
+    shape: float,
+    fraction: float = DEFAULT_VALIDATION_FRACTION,
+    share: float = DEFAULT_SCORE_SHARE,
+    sigmas: list[float] | None = None,
 ) -> tuple[dict[float, float], dict[float, float], float]:
-    """(search curve, base curve Q, σ_s) for noise multiplier σ."""
-    train = _train_curve(schedules, sigma)
-    finite = {a: r for a, r in train.items() if math.isfinite(r)}
+    """(search curve, base curve Q, σ_s) for noise multiplier σ.
+
+    `sigmas`: the per-configuration noise multipliers actually used (`config_sigmas`);
+    without them every configuration trains at σ. σ_s follows from the reference
+    curve at σ. `fraction` 0: Q = DP-SGD then the score on the same rows (sum of
+    curves); > 0: disjoint split (order-wise maximum).
+    """
+    ref = _train_curve(schedules, sigma)
+    finite = {a: r for a, r in ref.items() if math.isfinite(r)}
     if not finite:
-        return {a: math.inf for a in train}, train, math.inf
-    s_sigma = score_sigma(finite)
-    base = {a: max(r, tuning.gaussian_rdp(s_sigma, a)) for a, r in finite.items()}
+        return {a: math.inf for a in ref}, ref, math.inf
+    train = ref if sigmas is None else _train_curve(schedules, sigmas)
+    if fraction > 0:
+        s_sigma = score_sigma(finite, 1.0)
+        base = {a: max(train[a], tuning.gaussian_rdp(s_sigma, a)) for a in finite}
+    else:
+        s_sigma = score_sigma(finite, share)
+        base = {a: train[a] + tuning.gaussian_rdp(s_sigma, a) for a in finite}
     return tuning.repeat_and_select(base, mean, shape), base, s_sigma
 
 
@@ -140,7 +231,12 @@ def plan_search(job: Job, ctx: Any, base_plan: Any, plan_config: Any) -> Any:
     """
     from pandacead.trainers import PrivacyPlan
 
+    from . import defaults
+
     t0 = time.monotonic()
+    # Candidates inherit the family defaults for what the buyer left out (the trainer
+    # applies the same defaults to the job it hands to `run_search`).
+    job, _ = defaults.with_defaults(job, ctx.dataset(job))
     spec = spec_of(job)
     cand = dict(spec.get("candidates") or {})
     distribution = str(cand.get("distribution", "logarithmic"))
@@ -150,6 +246,7 @@ def plan_search(job: Job, ctx: Any, base_plan: Any, plan_config: Any) -> Any:
     except ValueError as exc:
         raise JobRejected(f"The search's number of candidates is invalid: {exc}.", [f"search.candidates: {exc}"]) from None
     fraction = float(spec.get("validation_fraction", DEFAULT_VALIDATION_FRACTION))
+    share = float(spec.get("score_share", DEFAULT_SCORE_SHARE))
     delta = float(job.dp.delta)
 
     grid = configs(job)
@@ -159,10 +256,11 @@ def plan_search(job: Job, ctx: Any, base_plan: Any, plan_config: Any) -> Any:
         p = plan_config(cfg_job, fit_fraction=1 - fraction)
         plans.append({"config": cfg, "sample_rate": p.sample_rate, "steps": p.steps, "details": p.details,
                       "n_train": p.n_train})
-    n_val_public = max(1, int(round(base_plan.n_train * fraction)))
+    # The public count of the rows a score runs over (the true count of private data is private).
+    n_val_public = base_plan.n_train if fraction == 0 else max(1, int(round(base_plan.n_train * fraction)))
 
     def eps_of(sigma: float) -> float:
-        curve, _, _ = search_curve(plans, sigma, mean, shape)
+        curve, _, _ = search_curve(plans, sigma, mean, shape, fraction, share)
         return _eps(curve, delta)
 
     target = float(job.dp.epsilon)
@@ -196,10 +294,12 @@ def plan_search(job: Job, ctx: Any, base_plan: Any, plan_config: Any) -> Any:
         sigma = math.exp(hi)
         eps = eps_of(sigma)
         calibrated = True
-    curve, base, s_sigma = search_curve(plans, sigma, mean, shape)
+    sigmas = config_sigmas(plans, sigma)
+    curve, base, s_sigma = search_curve(plans, sigma, mean, shape, fraction, share, sigmas)
+    eps = _eps(curve, delta)  # the mechanism actually run: at most the calibrated value
     base_eps = _eps(base, delta)
-    for p in plans:
-        p["noise_multiplier"] = sigma
+    for p, sg in zip(plans, sigmas):
+        p["noise_multiplier"] = sg
     worst = max(plans, key=lambda p: (p["steps"] * p["sample_rate"] ** 2, p["sample_rate"]))
     details = dict(base_plan.details)
     details.update(
@@ -207,11 +307,13 @@ def plan_search(job: Job, ctx: Any, base_plan: Any, plan_config: Any) -> Any:
             "search": {
                 **tuning.describe(distribution, mean, cand.get("shape")),
                 "validation_fraction": fraction,
+                "scored_on": "training rows" if fraction == 0 else "validation split",
+                "score_share": share if fraction == 0 else None,
                 "n_validation_public": n_val_public,
                 "score_noise": s_sigma,
                 "metric": spec.get("metric") or ("accuracy" if base_plan.details.get("task") == "classification" else "loss"),
                 "loss_clip": float(spec.get("loss_clip", 1.0)),
-                "space": spec.get("space") or {},
+                "space": space_of(job),
                 "configs": plans,
                 "base_epsilon": base_eps,
                 "naive_epsilon": base_eps * mean,
@@ -275,8 +377,12 @@ def run_search(
     k = tuning.sample_count(float(rng.random()), s["distribution"], float(s["mean"]),
                             s["shape"] if s["distribution"] == "negative_binomial" else None)
     X, y = arrays["X_train"], arrays["y_train"]
-    to_val = rng.random(len(X)) < float(s["validation_fraction"])
-    X_fit, y_fit, X_val, y_val = X[~to_val], y[~to_val], X[to_val], y[to_val]
+    on_train_rows = float(s["validation_fraction"]) == 0
+    if on_train_rows:  # Q = DP-SGD on every training row, then the score on the same rows
+        X_fit, y_fit, X_val, y_val = X, y, X, y
+    else:  # a disjoint split by each row's own secret coin
+        to_val = rng.random(len(X)) < float(s["validation_fraction"])
+        X_fit, y_fit, X_val, y_val = X[~to_val], y[~to_val], X[to_val], y[to_val]
     fit_arrays = {"X_train": X_fit, "y_train": y_fit, "X_test": X_val[:0], "y_test": y_val[:0]}
     space = dict(s.get("space") or {})
     n_val_public = int(s["n_validation_public"])
@@ -288,11 +394,12 @@ def run_search(
         cfg_plan = s["configs"][int(rng.integers(len(s["configs"])))]
         lr = _draw(space, "learning_rate", job.learning_rate, rng)
         clip = _draw(space, "clip", job.dp.clip, rng)
-        cand = candidate_job(job, cfg_plan["config"], lr, clip, plan.noise_multiplier)
+        sigma = float(cfg_plan.get("noise_multiplier") or plan.noise_multiplier)  # this configuration's σ_c
+        cand = candidate_job(job, cfg_plan["config"], lr, clip, sigma)
         cand_plan = {
             "epsilon": plan.epsilon,
             "delta": plan.delta,
-            "noise_multiplier": plan.noise_multiplier,
+            "noise_multiplier": sigma,
             "sample_rate": cfg_plan["sample_rate"],
             "steps": cfg_plan["steps"],
             "accountant": "rdp",
@@ -322,23 +429,26 @@ def run_search(
             noisy = -math.inf
         if best is None or noisy > best_score:
             best, best_score = result, noisy
-            best["training_params"]["search_choice"] = {"learning_rate": lr, "clip": clip, **cfg_plan["config"]}
+            best["training_params"]["search_choice"] = {"learning_rate": lr, "clip": clip, "noise_multiplier": sigma,
+                                                        **cfg_plan["config"]}
         progress({"stage": "search", "candidate": i + 1, "best_score_so_far": best_score, "admin_only": True})
     if best is None:
         raise JobFailed("The hyperparameter search produced no usable candidate; nothing is released.")
     # What the buyer may see: the released model, its own hyperparameters and its
-    # noisy validation score (part of Q's output, so covered by the search's ε).
+    # noisy score (part of Q's output, so covered by the search's ε): on its own training
+    # rows (`train_*_dp`) or on the validation split (`validation_*_dp`).
     # K, the other candidates and their scores stay on the host.
     best = dict(best)
-    name = "validation_accuracy_dp" if classification else "validation_clipped_loss_dp"
+    name = ("train_" if on_train_rows else "validation_") + ("accuracy_dp" if classification else "clipped_loss_dp")
     # Clamped into the metric's range: post-processing of the noisy score.
     value = min(1.0, max(0.0, best_score)) if classification else max(0.0, -best_score)
-    best["metrics"] = {name: float(value), "search": {"released": "best candidate by its noisy validation score"}}
+    best["metrics"] = {name: float(value), "search": {"released": "best candidate by its noisy score"}}
     best["accuracy"] = None
     best["epsilon"] = float(plan.epsilon)
     best["delta"] = float(plan.delta)
     tp = dict(best["training_params"])
     tp["accountant"] = plan.accountant
-    tp["search"] = {k2: s[k2] for k2 in ("distribution", "mean", "shape", "validation_fraction", "score_noise")}
+    tp["search"] = {k2: s.get(k2) for k2 in ("distribution", "mean", "shape", "validation_fraction", "scored_on",
+                                              "score_share", "score_noise")}
     best["training_params"] = tp
     return best
