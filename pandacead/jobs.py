@@ -358,8 +358,8 @@ def validate(raw: Any, *, default_user: str | None = None) -> Job:
         backend=raw.get("backend"),
         model=ModelSpec(
             type=model_raw.get("type", "linear"),
-            hidden=tuple(model_raw.get("hidden", ())),
-            channels=tuple(model_raw.get("channels", ())),
+            hidden=tuple(int(h) for h in model_raw.get("hidden", ())),  # 1.0 is a JSON Schema integer
+            channels=tuple(int(c) for c in model_raw.get("channels", ())),
             kernel=int(model_raw.get("kernel", 3)),
         ),
         quote=raw.get("quote"),
