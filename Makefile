@@ -49,6 +49,7 @@ bench: install
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/utility.py
 	$(BIN)/python bench/bench_tuning.py
+	$(BIN)/python bench/utility_daemon.py
 
 lint: install
 	$(BIN)/ruff check pandacead plugins tests bench
