@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -262,3 +261,36 @@ def test_no_configuration_runs_above_the_charged_curve_at_any_order(tmp_path):
         assert worst[a] <= charged[a] * (1 + 1e-9) + 1e-12, (a, worst[a], charged[a])
     eps, _ = accounting.rdp_to_dp({a: worst[a] for a in accounting.RDP_ORDERS}, plan.delta)
     assert eps <= plan.epsilon * (1 + 1e-9) <= 3.0 * (1 + 1e-9)
+
+
+# --------------------------------------------------------------------------- a search cut short
+
+
+@pytest.mark.slow
+def test_a_search_timed_out_after_reading_private_data_is_charged_and_its_error_counts_nothing(tmp_path):
+    """Attack: make the search run past the host's timeout (a huge mean K) so that it stops
+    after touching the private rows, hoping for a refund, or for an error text that says how
+    many candidates ran."""
+    pytest.importorskip("opacus")
+    from conftest import drop, ledger, outcomes, run_once
+    from test_privacy_boundary import pjob, private_home, report
+
+    home, _ = private_home(tmp_path, backend="opacus", timeout=25)
+    search = {"candidates": {"distribution": "geometric", "mean": 100},
+              "space": {"learning_rate": {"low": 0.02, "high": 0.2, "log": True}, "epochs": [20]}}
+    drop(home, "t.json", {**pjob("w3-timeout", epsilon=5.0, search=search), "backend": "opacus",
+                          "model": {"type": "linear", "hidden": []}, "epochs": 20, "batch_size": 8})
+    r = run_once(home)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert outcomes(home)["w3-timeout"] == "error"
+    rep = report(home, "w3-timeout")
+    led = ledger(home)
+    try:
+        spend = led.spend("w3-timeout")
+    finally:
+        led.close()
+    assert spend is not None and spend["state"] == "committed", (spend, rep)  # charged in full
+    assert spend["accountant"] == "rdp-repeat-and-select"
+    text = json.dumps(rep)
+    assert rep["status"] == "failed" and rep["details"] == ["charged: the trainer had read the data"], rep
+    assert "candidate" not in text.lower() and "best_score" not in text and "search" not in text.lower(), rep
