@@ -294,3 +294,27 @@ def test_a_search_timed_out_after_reading_private_data_is_charged_and_its_error_
     text = json.dumps(rep)
     assert rep["status"] == "failed" and rep["details"] == ["charged: the trainer had read the data"], rep
     assert "candidate" not in text.lower() and "best_score" not in text and "search" not in text.lower(), rep
+
+
+# --------------------------------------------------------------------------- the quote's estimate
+
+
+def test_a_quote_estimate_for_a_plan_without_n_train_does_not_use_the_true_row_count(tmp_path):
+    """Attack: a (third-party) trainer whose plan leaves `n_train` out; the quote's run-time and
+    memory estimate fell back to the dataset's TRUE training count, and the quote reaches the
+    buyer. Two private datasets with the same declared rows but 137 vs 181 true rows must
+    quote the same figures (fixed: the fallback is the public count)."""
+    from pandacead.quote import estimate
+    from pandacead.trainers import PrivacyPlan
+
+    info = _private_csv(tmp_path, "classification")
+    import dataclasses
+
+    bigger = dataclasses.replace(info, n_rows=181)
+    assert bigger.n_train != info.n_train and bigger.public_n_train == info.public_n_train
+    from conftest import job
+
+    j = Job.from_dict({**job("q1", dataset="r"), "backend": None})
+    plan = PrivacyPlan(epsilon=1.0, delta=1e-5, noise_multiplier=1.0, sample_rate=None, steps=None,
+                       accountant="rdp", n_train=None)
+    assert estimate(j, plan, info, "thirdparty") == estimate(j, plan, bigger, "thirdparty")
