@@ -127,7 +127,8 @@ def estimate(job: Job, plan: PrivacyPlan, info: Any, backend: str) -> dict[str, 
     n_out = 1 if n_out <= 2 else n_out
     widths = [n_features, *job.model.hidden, n_out]
     params = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
-    n_train = int(plan.n_train or getattr(info, "n_train", 0) or 0)
+    # The public count only (the declared rows of private data): the quote reaches the buyer.
+    n_train = int(plan.n_train or getattr(info, "public_n_train", None) or 0)
     batch = (plan.sample_rate or 0) * n_train or job.batch_size
     steps = plan.steps or max(1, math.ceil(n_train / max(1, job.batch_size))) * job.epochs
     # forward, backward and per-sample gradients: ~6 flops per parameter and example
