@@ -275,11 +275,11 @@ def test_a_search_timed_out_after_reading_private_data_is_charged_and_its_error_
     from conftest import drop, ledger, outcomes, run_once
     from test_privacy_boundary import pjob, private_home, report
 
-    home, _ = private_home(tmp_path, backend="opacus", timeout=25)
+    home, _ = private_home(tmp_path, backend="opacus", timeout=40)  # a candidate is 175k steps (the host limit is 200k): K ≥ 2 (99 %) outlasts it anywhere
     search = {"candidates": {"distribution": "geometric", "mean": 100},
-              "space": {"learning_rate": {"low": 0.02, "high": 0.2, "log": True}, "epochs": [20]}}
+              "space": {"learning_rate": {"low": 0.02, "high": 0.2, "log": True}, "epochs": [350], "batch_size": [1]}}
     drop(home, "t.json", {**pjob("w3-timeout", epsilon=5.0, search=search), "backend": "opacus",
-                          "model": {"type": "linear", "hidden": []}, "epochs": 20, "batch_size": 8})
+                          "model": {"type": "linear", "hidden": []}, "epochs": 350, "batch_size": 1})
     r = run_once(home)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     assert outcomes(home)["w3-timeout"] == "error"
