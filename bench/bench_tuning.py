@@ -182,13 +182,7 @@ def render(results: dict[str, Any], eps_list: list[float], mean: float) -> str:
 
 
 def write(block: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Privacy–utility\n"
-    if BEGIN in text and END in text:
-        a, b = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:a] + block.rstrip("\n") + text[b:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    DOCS.write_text(text)
+    U.write_section(DOCS, BEGIN, END, block)
 
 
 def main(argv: list[str] | None = None) -> int:

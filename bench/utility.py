@@ -452,6 +452,17 @@ def plot(results: dict[str, Any], eps_list: list[float], path: Path) -> None:
 SECTION = re.compile(r"<!-- (\w+): begin -->.*?<!-- \1: end -->\n?", re.S)
 
 
+def write_section(out: Path, begin: str, end: str, block: str) -> None:
+    """Replace the section between `begin` and `end` in `out` with `block` (appended when absent)."""
+    text = out.read_text() if out.exists() else "# Privacy–utility\n"
+    if begin in text and end in text:
+        a, b = text.index(begin), text.index(end) + len(end)
+        text = text[:a] + block.rstrip("\n") + text[b:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    out.write_text(text)
+
+
 def write_doc(out: Path, text: str) -> None:
     """Write the document, keeping the sections other benchmarks keep in it (between their markers)."""
     kept = [m.group(0) for m in SECTION.finditer(out.read_text())] if out.exists() else []

@@ -112,15 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['seed']} | {r['accuracy']:.3f} | {r['nonprivate_logreg']:.3f} | "
                      f"{(r['nonprivate_logreg'] - r['accuracy']) * 100:.1f} | {r['epsilon_charged']:.4f} |")
     lines += ["", f"Mean: {summary}.", END]
-    out = Path(a.out)
-    text = out.read_text() if out.exists() else ""
-    block = "\n".join(lines) + "\n"
-    if BEGIN in text and END in text:
-        i, j = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:i] + block.rstrip("\n") + text[j:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    out.write_text(text)
+    U.write_section(Path(a.out), BEGIN, END, "\n".join(lines) + "\n")
     return 0
 
 
