@@ -14,7 +14,16 @@ measured on rows the host never saw:
 * **best of k**: k = mean separately charged jobs at ε/k each over the same
   space — what a buyer without the search pays the same total for (basic
   composition) — the best picked by accuracy on the evaluation rows
-  themselves: an optimistic bound, no buyer could choose that well.
+  themselves: an optimistic bound, no buyer could choose that well;
+* **the search's candidates** (bench-only instrument, nothing of it is in the
+  product): every candidate the search trained is also scored on the unseen
+  rows, giving their mean and the **oracle pick** — the best of the K
+  candidates by the unseen rows themselves, an upper bound of what *any*
+  selection rule over those candidates (any score, any score noise) could
+  release;
+* **a buyer's guess** (the schema's generic epochs 10, batch 32, learning
+  rate 0.01 set in the job, as a buyer who knows nothing would) against a
+  search over the `wide` space: where tuning has something to find.
 
 Appends its table to docs/utility.md (between markers, replaced on rerun).
 """
@@ -50,6 +59,8 @@ SPACES: dict[str, dict[str, Any] | None] = {
     "wide": {"learning_rate": {"low": 0.1, "high": 4.0, "log": True}, "epochs": [10, 30], "batch_size": [32, 128]},
 }
 SPACE: dict[str, Any] | None = None
+#: The hyperparameters of "a buyer's guess": the job schema's generic defaults, given explicitly.
+GUESS: dict[str, Any] = {"epochs": 10, "batch_size": 32, "learning_rate": 0.01}
 
 
 def _job(info: Any, seed: int, eps: float, **kw: Any) -> Any:
@@ -58,6 +69,36 @@ def _job(info: Any, seed: int, eps: float, **kw: Any) -> Any:
     return Job(job_id=f"t{seed}-{kw.pop('tag', 'x')}", user_id="bench", dataset=info.name, seed=seed,
                model=ModelSpec(type="linear"),
                dp=DPParams(epsilon=eps, delta=1 / info.n_train ** 1.1, accountant="rdp"), **kw)
+
+
+#: Filled by `_instrument` while a search runs: the unseen-row accuracy of each candidate.
+CANDIDATES: list[float] = []
+
+
+def _instrument(data: Any, unseen: Any, info: Any) -> Any:
+    """Wrap the search's candidate trainer so that each candidate is also scored on the unseen rows.
+
+    Bench-only: the product never sees these rows; the accuracies go to CANDIDATES."""
+    from pandacead_opacus import models
+    from pandacead_opacus import search as search_mod
+
+    from pandacead import preprocessing
+
+    original = search_mod.run_search
+    Z = preprocessing.transform(info.source["preprocessing"], U.raw_rows(data, unseen))
+    y = data["y"][unseen]
+
+    def run_search(job: Any, plan: Any, arrays: Any, *, train_candidate: Any, **kw: Any) -> Any:
+        def scored(cj: Any, cp: Any, fit: Any, seed: int) -> Any:
+            r = train_candidate(cj, cp, fit, seed)
+            model, arch = models.load_model(r["model"])
+            CANDIDATES.append(float(np.mean(models.predict(model, arch, Z) == y)))
+            return r
+
+        return original(job, plan, arrays, train_candidate=scored, **kw)
+
+    search_mod.run_search = run_search
+    return lambda: setattr(search_mod, "run_search", original)
 
 
 def _run(info: Any, home: Path, job: Any, noise_seed: int) -> tuple[Any, Any]:
@@ -124,7 +165,16 @@ def measure(names: list[str], eps_list: list[float], seeds: int, mean: float) ->
                     sj = _job(info, seed, eps, tag="s", search=block,
                               defaulted=("epochs", "batch_size", "learning_rate"))
                     # The search's secret differs per ε (as two jobs' would): not the same K and draws twice.
-                    plan, r = _run(info, home, sj, 20_000 + 100 * seed + int(eps * 10))
+                    CANDIDATES.clear()
+                    restore = _instrument(data, unseen, info)
+                    try:
+                        plan, r = _run(info, home, sj, 20_000 + 100 * seed + int(eps * 10))
+                    finally:
+                        restore()
+                    if CANDIDATES:
+                        cells.setdefault(f"cand_mean@{eps:g}", []).append(float(np.mean(CANDIDATES)))
+                        cells.setdefault(f"oracle@{eps:g}", []).append(max(CANDIDATES))
+                        cells.setdefault(f"k@{eps:g}", []).append(len(CANDIDATES))
                     space = plan.details["search"]["space"]
                     cells.setdefault("space", [json.dumps(space)])
                     fd = plan.details.get("family_defaults") or {}
@@ -136,6 +186,16 @@ def measure(names: list[str], eps_list: list[float], seeds: int, mean: float) ->
                     best = best_of_k(info, home, data, unseen, seed, eps, int(mean), space, fixed)
                     if best is not None:
                         cells.setdefault(f"bestofk@{eps:g}", []).append(best)
+                    if GUESS:
+                        # A buyer who knows nothing: the schema's generic values, set in the job.
+                        gj = _job(info, seed, eps, tag="g", **GUESS)
+                        _, r = _run(info, home, gj, 30_000 + seed)
+                        cells.setdefault(f"guess@{eps:g}", []).append(U.accuracy_of(r, data, unseen, info))
+                        wj = _job(info, seed, eps, tag="w", search={"candidates": {"distribution": "logarithmic",
+                                                                                   "mean": mean},
+                                                                    "space": SPACES["wide"]}, **GUESS)
+                        _, r = _run(info, home, wj, 40_000 + 100 * seed + int(eps * 10))
+                        cells.setdefault(f"wide@{eps:g}", []).append(U.accuracy_of(r, data, unseen, info))
             print(f"{name} seed {seed}: {time.monotonic() - t0:.0f}s", flush=True)
         out[name] = {"cells": cells, "seeds": seeds, "n": n, "seconds": round(time.monotonic() - t0, 1)}
     return out
@@ -163,16 +223,35 @@ def render(results: dict[str, Any], eps_list: list[float], mean: float) -> str:
         "themselves — an optimistic bound no buyer could reach. `search ε / one run` is the search's price over "
         "the ε one of its candidates would cost alone.",
         "",
-        "| dataset | ε | default run | search | best of k | search ε / one run |",
-        "|---|---|---|---|---|---|",
+        "| dataset | ε | default run | search | best of k | search ε / one run | search's candidates: mean | "
+        "oracle pick (upper bound of any selection) | mean K |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         c = r["cells"]
         for eps in eps_list:
             ratio = c.get(f"search_vs_one@{eps:g}")
+            ks = c.get(f"k@{eps:g}")
             lines.append(
                 f"| {name} | {eps:g} | {_ms(c.get(f'default@{eps:g}'))} | {_ms(c.get(f'search@{eps:g}'))} | "
-                f"{_ms(c.get(f'bestofk@{eps:g}'))} | {np.mean(ratio):.2f}× |" if ratio else "| – |")
+                f"{_ms(c.get(f'bestofk@{eps:g}'))} | {np.mean(ratio):.2f}× | {_ms(c.get(f'cand_mean@{eps:g}'))} | "
+                f"{_ms(c.get(f'oracle@{eps:g}'))} | {np.mean(ks) if ks else float('nan'):.1f} |" if ratio else "| – |")
+    if any(c.get(f"guess@{eps:g}") for r in results.values() for c in [r["cells"]] for eps in eps_list):
+        lines += [
+            "",
+            "Where tuning has something to find — a buyer who sets the schema's generic values "
+            f"(epochs {GUESS['epochs']}, batch {GUESS['batch_size']}, learning rate {GUESS['learning_rate']:g}) "
+            "against the same buyer's search over the `wide` space "
+            f"(`{json.dumps(SPACES['wide'])}`), same total ε, same rows:",
+            "",
+            "| dataset | ε | a buyer's guess, one run | search over `wide` |",
+            "|---|---|---|---|",
+        ]
+        for name, r in results.items():
+            c = r["cells"]
+            for eps in eps_list:
+                if c.get(f"guess@{eps:g}"):
+                    lines.append(f"| {name} | {eps:g} | {_ms(c.get(f'guess@{eps:g}'))} | {_ms(c.get(f'wide@{eps:g}'))} |")
     lines.append("")
     lines.append("; ".join(f"{name}: {r['seeds']} seeds, {r['seconds']:.0f} s" for name, r in results.items()) + ".")
     if READING.exists():  # the hand-written reading of the figures, kept across reruns

@@ -405,6 +405,7 @@ class OpacusTrainer:
                     grad_sample_mode=cand_plan["details"].get("grad_sample_mode"),
                     secure_mode=ctx.secure_mode, noise_seed=seed, device=device,
                     max_physical_batch_size=ctx.max_physical_batch_size,
+                    fast_path=ctx.fast_path,  # the same DP-SGD path a plain job of this shape takes
                 )
 
             result = search.run_search(
