@@ -84,7 +84,8 @@ def build_context(settings: Settings, key: bytes | None = None) -> TrainerContex
         max_steps=int(t.get("max_steps", 200_000)),
         # checkpoints: trainers may resume a handed-back job from state/checkpoints/ (docs/lifecycle.md)
         options={"home": str(settings.home), "dataset_errors": errors, "checkpoints": True,
-                 "timeout_seconds": float(t.get("timeout_seconds", 900)), **(t.get("options") or {})},
+                 "timeout_seconds": float(t.get("timeout_seconds", 900)),
+                 "search_constant_work": bool(t.get("search_constant_work", True)), **(t.get("options") or {})},
         device=str(t.get("device", "auto")),
         world_size=int(t.get("world_size", 1)),
         max_physical_batch_size=int(t.get("max_physical_batch_size", 0)),

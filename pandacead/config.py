@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "accountant": "prv",
         "grad_sample_mode": "auto",  # ghost clipping for expected batches >= 64, else hooks
         "fast_path": "auto",  # book-keeping DP-SGD for Linear-only models; "off": always Opacus
+        "search_constant_work": True,  # a search trains all M candidates: its run time does not reveal K
         "secure_mode": False,
         "max_steps": 200_000,
         "worker_max_jobs": 50,  # a warm worker is replaced after this many jobs
@@ -116,6 +117,7 @@ memory_limit_mb = 4096
 torch_threads = 1
 accountant = "prv"      # "prv" (tighter) or "rdp"
 fast_path = "auto"      # "auto": book-keeping DP-SGD for Linear/ReLU models (same mechanism); "off": always Opacus
+search_constant_work = true  # a search trains all M (= candidates.max) candidates, so its run time hides K
 prewarm = "auto"        # start workers at daemon start and import torch/opacus there
 device = "auto"         # "auto" | "cpu" | "cuda" | "cuda:N"; world_size = N trains one job on N GPUs (docs/scale.md)
 

@@ -23,6 +23,15 @@ Then RDP's monotonicity in λ lowers each order's value to the smallest value
 at any higher order. The result equals dp-accounting's
 `RepeatAndSelectDpEvent` on the same orders (tests/test_tuning.py checks it).
 
+**A cap on K** (`max_count` = M: the law conditioned on K ≤ M, so a search
+has a bounded run time and can do a K-independent amount of work). With
+Z = P[K ≤ M] and s = E[K·1{K > M}] / E[K] (the size-biased tail), the capped
+search's curve is the uncapped one plus log(1/Z)/(λ−1) + log(1/(1−s)) at every
+order (`truncation_penalty`; proof in docs/accounting.md: the probability of
+each outcome of best-of-K is ∫ f′ over an interval of [0, 1], f the law's
+probability generating function; capping multiplies f′ pointwise by a factor
+in [(1−s)/Z, 1/Z], because the tail's share of f′(t) grows with t).
+
 Pure Python and `math` only (the daemon and the CLI may import it).
 """
 
@@ -42,6 +51,7 @@ __all__ = [
     "sample_count",
     "tnb_gamma",
     "tnb_mean",
+    "truncation_penalty",
 ]
 
 #: Supported laws of the number of candidates K, and their shape η
@@ -145,13 +155,61 @@ def gaussian_rdp(noise_multiplier: float, order: float) -> float:
     return float(order) / (2 * noise_multiplier**2)
 
 
-def repeat_and_select(curve: Mapping[float, float], mean: float, shape: float) -> dict[float, float]:
+def _pmf_by_shape(k: int, mean: float, shape: float) -> float:
+    """P[K = k] for the law of shape η (∞: Poisson, which has K = 0 too)."""
+    if math.isinf(shape):
+        return math.exp(-mean + k * math.log(mean) - math.lgamma(k + 1)) if k >= 0 else 0.0
+    if k < 1:
+        return 0.0
+    gamma = tnb_gamma(shape, mean)
+    if shape == 0:
+        return math.exp(k * math.log1p(-gamma) - math.log(k) - math.log(math.log(1 / gamma)))
+    log_prod = math.lgamma(k + shape) - math.lgamma(shape) - math.lgamma(k + 1)
+    return math.exp(k * math.log1p(-gamma) + log_prod) / (gamma**-shape - 1)
+
+
+def truncation_penalty(mean: float, shape: float, max_count: int) -> dict[str, float]:
+    """What capping K at `max_count` adds to the search's curve (module docstring).
+
+    Returns Z = P[K ≤ M], s = E[K·1{K > M}]/E[K], and the two added terms:
+    `log_inv_z` (divided by λ−1 at order λ) and `log_inv_one_minus_s` (added at
+    every order). Both sums run over k ≤ M, so Z and 1 − s are computed from
+    the kept mass (not as 1 minus a tail), rounded down by a relative 1e-12 so
+    that float error cannot make the penalty smaller.
+    """
+    m = int(max_count)
+    if m < 1:
+        raise ValueError(f"the cap on the number of candidates {max_count!r} must be >= 1")
+    pmf = [_pmf_by_shape(k, mean, shape) for k in range(0, m + 1)]
+    z = min(1.0, math.fsum(pmf) * (1 - 1e-12))
+    kept_mean = math.fsum(k * p for k, p in enumerate(pmf)) * (1 - 1e-12)
+    # E[K] of the law actually sampled (its γ is the bisection's lower end: a mean >= the nominal).
+    full_mean = mean if math.isinf(shape) else max(mean, tnb_mean(tnb_gamma(shape, mean), shape))
+    one_minus_s = min(1.0, kept_mean / full_mean)
+    if not (z > 0 and one_minus_s > 0):
+        raise ValueError(f"a cap of {m} candidates keeps no usable mass of the law (mean {mean:g})")
+    return {"max_count": m, "z": z, "s": 1 - one_minus_s,
+            "log_inv_z": -math.log(z), "log_inv_one_minus_s": -math.log(one_minus_s)}
+
+
+def repeat_and_select(curve: Mapping[float, float], mean: float, shape: float,
+                      max_count: int | None = None) -> dict[float, float]:
     """The RDP curve of running a mechanism K ~ (mean, shape) times and releasing the best output.
 
     `curve` is the base mechanism's {order: ρ}; orders must be > 1 (the
     result is ∞ at orders ≤ 1). `shape` as in `distribution_shape`. See the
-    module docstring for the theorems.
+    module docstring for the theorems. `max_count`: K capped at this value
+    (the law conditioned on K ≤ max_count), priced by `truncation_penalty`.
     """
+    out = _repeat_and_select(curve, mean, shape)
+    if max_count is None:
+        return out
+    pen = truncation_penalty(mean, shape, max_count)
+    return {a: (v + pen["log_inv_z"] / (a - 1) + pen["log_inv_one_minus_s"]) if a > 1 else math.inf
+            for a, v in out.items()}
+
+
+def _repeat_and_select(curve: Mapping[float, float], mean: float, shape: float) -> dict[float, float]:
     if not (math.isfinite(mean) and mean >= 1):
         raise ValueError(f"the mean number of candidates {mean!r} must be >= 1")
     if math.isnan(shape) or shape < 0:
@@ -201,28 +259,41 @@ def count_pmf(k: int, distribution: str, mean: float, shape: float | None = None
     return math.exp(k * math.log1p(-gamma) + log_prod) / (gamma**-eta - 1)
 
 
-def sample_count(uniform: float, distribution: str, mean: float, shape: float | None = None) -> int:
+def sample_count(uniform: float, distribution: str, mean: float, shape: float | None = None,
+                 max_count: int | None = None) -> int:
     """K for one uniform draw in [0, 1) by inversion of the CDF (exact up to float rounding).
 
     The uniform must come from the job's secret generator: a K the buyer could
-    predict would not be the random repetition the theorems assume.
+    predict would not be the random repetition the theorems assume. With
+    `max_count` = M, K follows the law conditioned on K ≤ M (the uniform is
+    scaled by P[K ≤ M]): never above M, and priced by `truncation_penalty`.
+    Without it the inversion stops at 100 000 (a cap of probability far below
+    float rounding for the means the schema allows).
     """
     if not 0 <= uniform < 1:
         raise ValueError("uniform must be in [0, 1)")
     eta = distribution_shape(distribution, shape)
-    k = 0 if math.isinf(eta) else 1
+    lo = 0 if math.isinf(eta) else 1
+    cap = 100_000 if max_count is None else int(max_count)
+    if max_count is not None:
+        uniform *= math.fsum(_pmf_by_shape(j, mean, eta) for j in range(0, cap + 1))
     cdf = 0.0
-    while True:
-        cdf += count_pmf(k, distribution, mean, shape)
-        if uniform < cdf or k > 100_000:
+    for k in range(lo, cap + 1):
+        cdf += _pmf_by_shape(k, mean, eta)
+        if uniform < cdf:
             return k
-        k += 1
+    return cap
 
 
-def describe(distribution: str, mean: float, shape: float | None = None) -> dict[str, Any]:
+def describe(distribution: str, mean: float, shape: float | None = None,
+             max_count: int | None = None) -> dict[str, Any]:
     """The law of K as the plan and the quote show it."""
     eta = distribution_shape(distribution, shape)
     d: dict[str, Any] = {"distribution": distribution, "mean": float(mean), "shape": None if math.isinf(eta) else eta}
     if not math.isinf(eta):
         d["gamma"] = tnb_gamma(eta, mean)
+    if max_count is not None:
+        pen = truncation_penalty(mean, eta, max_count)
+        d["max"] = pen["max_count"]
+        d["truncation"] = {k: pen[k] for k in ("z", "s", "log_inv_z", "log_inv_one_minus_s")}
     return d

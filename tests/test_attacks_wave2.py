@@ -171,8 +171,8 @@ def test_search_release_carries_no_k_candidates_or_exact_score():
     assert "train_accuracy_dp" in out.metrics and set(out.metrics) <= {"diverged", "train_accuracy_dp"}
     # The released score is the best noisy score, clamped: never an exact count over n_val.
     assert out.metrics["train_accuracy_dp"] == pytest.approx(min(1.0, max(0.0, max(scores))))
-    assert out.training_params["search"].keys() == {"distribution", "mean", "shape", "validation_fraction",
-                                                    "scored_on", "score_share", "score_noise"}
+    assert out.training_params["search"].keys() == {"distribution", "mean", "shape", "max", "validation_fraction",
+                                                    "scored_on", "score_share", "score_noise", "constant_work"}
     assert k >= 1 and len(scores) == k  # the host saw K scores; the buyer gets one number
 
 

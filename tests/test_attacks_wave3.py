@@ -69,7 +69,7 @@ def _one_model(job: Job, plan, arrays):
     return train_arrays(cj.to_dict(), cp, arrays, noise_seed=5)
 
 
-def _run(job, plan, arrays, fixed, noise_seed, seeds=None):
+def _run(job, plan, arrays, fixed, noise_seed, seeds=None, events=None):
     from pandacead_opacus import search as search_mod
 
     def train_candidate(cj, cp, fit, seed):
@@ -78,7 +78,12 @@ def _run(job, plan, arrays, fixed, noise_seed, seeds=None):
         return copy.deepcopy(fixed)
 
     return search_mod.run_search(job, plan, arrays, noise_seed=noise_seed, train_candidate=train_candidate,
-                                 progress=lambda e: None)
+                                 progress=(events.append if events is not None else lambda e: None))
+
+
+def _k(events) -> int:
+    """K: the candidates that count (the admin's progress; with constant work all M are trained)."""
+    return sum(1 for e in events if e.get("stage") == "search" and e.get("counted"))
 
 
 # --------------------------------------------------------------------------- private data, no held-out rows
@@ -184,11 +189,13 @@ def test_released_search_result_carries_no_trace_of_k_or_the_other_candidates(tm
     by_k: dict[int, dict] = {}
     for secret in range(12):
         seeds: list[int] = []
-        best = _run(job, plan, arrays, fixed, noise_seed=secret, seeds=seeds)
+        events: list = []
+        best = _run(job, plan, arrays, fixed, noise_seed=secret, seeds=seeds, events=events)
+        assert len(seeds) == plan.details["search"]["max"]  # constant work: the same M whatever K
         out, _ = Pipeline.released(pipe, job, TrainResult(**best))
         view = {"metrics": out.metrics, "training_params": out.training_params, "provenance": out.provenance,
                 "n": out.n, "accuracy": out.accuracy, "epsilon": out.epsilon}
-        by_k.setdefault(len(seeds), view)
+        by_k.setdefault(_k(events), view)
     assert len(by_k) >= 2, sorted(by_k)
     views = list(by_k.values())
     for v in views[1:]:
@@ -221,11 +228,13 @@ def test_a_search_whose_candidates_all_diverge_fails_with_the_same_words_whateve
             n[0] += 1
             raise Diverged("Training diverged.", [f"diverged at step 3 of {cp['steps']}"])
 
+        events: list = []
         with pytest.raises(JobFailed) as exc:
             search_mod.run_search(job, plan, arrays, noise_seed=secret, train_candidate=diverge,
-                                  progress=lambda e: None)
+                                  progress=events.append)
         texts.add((str(exc.value), tuple(getattr(exc.value, "details", []) or [])))
-        ks.add(n[0])
+        assert n[0] == plan.details["search"]["max"]  # all M tried: failing does not end early
+        ks.add(_k(events))
     assert len(ks) >= 2 and len(texts) == 1, (ks, texts)
 
 
@@ -276,6 +285,11 @@ def test_a_search_timed_out_after_reading_private_data_is_charged_and_its_error_
     from test_privacy_boundary import pjob, private_home, report
 
     home, _ = private_home(tmp_path, backend="opacus", timeout=40)  # a candidate is 175k steps (the host limit is 200k): K ≥ 2 (99 %) outlasts it anywhere
+    # Without constant work (which would refuse this search before it runs: 1000 candidates of at
+    # least 17.5 s each cannot fit in 40 s), so that it really starts and is cut by the timeout.
+    cfg = home / "pandacead.toml"
+    cfg.write_text(cfg.read_text().replace("[trainer]\n", "[trainer]\nsearch_constant_work = false\n", 1))
+    assert "search_constant_work = false" in cfg.read_text()
     search = {"candidates": {"distribution": "geometric", "mean": 100},
               "space": {"learning_rate": {"low": 0.02, "high": 0.2, "log": True}, "epochs": [350], "batch_size": [1]}}
     drop(home, "t.json", {**pjob("w3-timeout", epsilon=5.0, search=search), "backend": "opacus",

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+import random
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pandacead import accounting, tuning
 from pandacead.accounting import RDP_ORDERS, conversion_term, curve_to_json, order_weights
-from pandacead.errors import JobRejected
+from pandacead.errors import Diverged, JobFailed, JobRejected
 from pandacead.jobs import parse_job
 
 SHAPES = {"logarithmic": 0.0, "geometric": 1.0, "negative_binomial": 0.5, "poisson": math.inf}
@@ -162,13 +164,18 @@ def test_number_of_candidates_follows_the_host_secret_not_the_job():
             assert len(fit["X_train"]) == len(arrays["X_train"])
             return train_arrays(cj, cp, fit, noise_seed=seed)
 
+        events: list = []
         best = search_mod.run_search(job, plan, arrays, noise_seed=1000 + secret,
-                                     train_candidate=train_candidate, progress=lambda e: None)
+                                     train_candidate=train_candidate, progress=events.append)
         assert len(set(calls)) == len(calls)  # every candidate has its own secret noise
-        counts.append(len(calls))
+        # Constant work (the host's default): M candidates trained whatever K is, so the run
+        # time does not depend on K; K (the ones that count) is in the admin's progress only.
+        assert len(calls) == plan.details["search"]["max"] == 30
+        counts.append(sum(1 for e in events if e.get("counted")))
         text = repr({k: v for k, v in best.items() if k != "model"})
         assert "best_score_so_far" not in text and "candidate" not in text.replace("best candidate", "")
     assert len(set(counts)) >= 2, counts  # same job, different host secrets: different K
+    assert max(counts) <= 30
     assert plan.epsilon <= 2.0 and plan.accountant == "rdp-repeat-and-select"
     assert plan.details["search"]["naive_epsilon"] > plan.epsilon
 
@@ -203,7 +210,7 @@ def test_search_job_through_the_daemon_releases_one_model_and_charges_the_search
 # --------------------------------------------------------------------------- the base mechanism Q
 
 
-def _plan_search(search: dict, **kw):
+def _plan_search(search: dict, constant_work: bool | None = None, **kw):
     from pandacead_opacus.trainer import OpacusTrainer
 
     from pandacead import datasets
@@ -211,9 +218,11 @@ def _plan_search(search: dict, **kw):
     from pandacead.trainers import TrainerContext
 
     info = datasets.describe("synthetic", datasets.builtin_specs()["synthetic"], ".")
-    ctx = TrainerContext(datasets={"synthetic": info}, state_dir=".", options={"home": "."})
+    options = {"home": "."} if constant_work is None else {"home": ".", "search_constant_work": constant_work}
+    ctx = TrainerContext(datasets={"synthetic": info}, state_dir=".", options=options)
     job = Job.from_dict({**_search_job("q", user_id="u", search=search, **kw),
                          "model": {"type": "linear", "hidden": []}, "backend": None})
+    _plan_search.last_job = job
     return OpacusTrainer().plan(job, ctx)
 
 
@@ -240,10 +249,14 @@ def test_charged_search_curve_is_dp_accountings_for_the_same_base_mechanism(frac
     else:  # max(train, score) = train: σ_s is chosen so that the score never exceeds it
         assert s["scored_on"] == "validation split"
         ref = _rdp(de.RepeatAndSelectDpEvent(train, 10.0, 0.0), RDP_ORDERS)
+    # K is capped at M = candidates.max (default 10 × mean): the charge is dp-accounting's curve
+    # for the uncapped law plus the cap's penalty (tuning.truncation_penalty) — provably above it.
+    pen = s["truncation"]
+    assert s["max"] == 100 and 0 < pen["log_inv_one_minus_s"] < 0.1 and 0 < pen["log_inv_z"] < 0.01
     for a, got, r in zip(RDP_ORDERS, charged, ref):
         if math.isfinite(r):
             assert got >= r * (1 - 1e-9), (a, got, r)
-            assert got == pytest.approx(r, rel=1e-6)
+            assert got == pytest.approx(r + pen["log_inv_z"] / (a - 1) + pen["log_inv_one_minus_s"], rel=1e-6)
     eps, _ = accounting.rdp_to_dp(dict(zip(RDP_ORDERS, charged)), plan.delta)
     assert eps == pytest.approx(plan.epsilon) and eps <= 3.0
 
@@ -295,3 +308,125 @@ def test_a_search_without_a_space_draws_around_the_jobs_own_values():
     assert sorted(c["config"]["batch_size"] for c in s["configs"]) == sorted(
         {round(64 * f) for f in search_mod.DEFAULT_BATCH_FACTORS})
     assert s["scored_on"] == "training rows" and s["score_share"] == search_mod.DEFAULT_SCORE_SHARE
+
+
+# --------------------------------------------------------------------------- a cap on K, and constant work
+
+
+def _best_of_law(q: list[float], pgf) -> list[float]:
+    """Exact output law of "best of K i.i.d. draws of Q" (outcomes ordered by index): f(F_j) − f(F_{j−1})."""
+    out, cdf_prev = [], 0.0
+    for p in q:
+        cdf = cdf_prev + p
+        out.append(pgf(min(cdf, 1.0)) - pgf(cdf_prev))
+        cdf_prev = cdf
+    return out
+
+
+def _renyi(p: list[float], r: list[float], order: float) -> float:
+    return math.log(sum(a**order * b ** (1 - order) for a, b in zip(p, r) if a > 0)) / (order - 1)
+
+
+@pytest.mark.parametrize("distribution,mean,cap", [("logarithmic", 10, 12), ("logarithmic", 10, 40),
+                                                   ("geometric", 4, 6), ("poisson", 5, 7),
+                                                   ("negative_binomial", 3, 5)])
+def test_capping_k_costs_at_most_the_truncation_penalty_on_exact_laws(distribution, mean, cap):
+    """The lemma behind `candidates.max`, checked exactly: for random pairs of base laws Q, Q′ on
+    ordered outcomes, the Rényi divergence of best-of-K with K capped at M is at most the uncapped
+    one plus log(1/Z)/(λ−1) + log(1/(1−s)) — and the bound is not vacuous (capping does cost)."""
+    shape_arg = 0.5 if distribution == "negative_binomial" else None
+    eta = tuning.distribution_shape(distribution, shape_arg)
+    top = 400
+    pmf = [tuning._pmf_by_shape(k, mean, eta) for k in range(top + 1)]
+    z = sum(pmf[: cap + 1])
+
+    def pgf(t):
+        return sum(p * t**k for k, p in enumerate(pmf))
+
+    def pgf_capped(t):
+        return sum(p * t**k for k, p in enumerate(pmf[: cap + 1])) / z
+
+    pen = tuning.truncation_penalty(mean, eta, cap)
+    rng = random.Random(7)
+    worst_slack = math.inf
+    for _ in range(40):
+        m = rng.randint(2, 6)
+        q = [rng.random() + 0.05 for _ in range(m)]
+        r = [x * math.exp(rng.uniform(-0.7, 0.7)) for x in q]
+        q = [x / sum(q) for x in q]
+        r = [x / sum(r) for x in r]
+        for order in (1.5, 2.0, 4.0, 16.0):
+            full = _renyi(_best_of_law(q, pgf), _best_of_law(r, pgf), order)
+            capped = _renyi(_best_of_law(q, pgf_capped), _best_of_law(r, pgf_capped), order)
+            bound = full + pen["log_inv_z"] / (order - 1) + pen["log_inv_one_minus_s"]
+            assert capped <= bound + 1e-9, (order, capped, bound)
+            worst_slack = min(worst_slack, bound - capped)
+    assert worst_slack < pen["log_inv_one_minus_s"] + pen["log_inv_z"]  # the check can fail
+
+
+def test_capped_count_follows_the_truncated_law_and_never_exceeds_the_cap():
+    rng = random.Random(3)
+    draws = [tuning.sample_count(rng.random(), "logarithmic", 10.0, max_count=15) for _ in range(20000)]
+    assert max(draws) == 15 and min(draws) == 1
+    pmf = [tuning.count_pmf(k, "logarithmic", 10.0) for k in range(1, 16)]
+    z = sum(pmf)
+    for k in (1, 2, 5, 15):
+        expected = pmf[k - 1] / z
+        assert abs(draws.count(k) / len(draws) - expected) < 4 * math.sqrt(expected / len(draws)) + 1e-3, k
+
+
+def test_a_cap_below_the_mean_is_refused_and_the_default_cap_is_ten_means():
+    with pytest.raises(JobRejected, match="cap of 5 candidates is below their mean 10"):
+        _plan_search({"candidates": {"distribution": "logarithmic", "mean": 10, "max": 5}})
+    plan = _plan_search({"candidates": {"distribution": "logarithmic", "mean": 4}})
+    s = plan.details["search"]
+    assert s["max"] == 40 and s["constant_work"] is True
+    assert s["search_epsilon"] <= plan.epsilon + 1e-12  # calibrated with the cap priced in
+
+
+@pytest.mark.opacus
+def test_without_constant_work_a_search_trains_only_its_k_candidates():
+    """The host may turn constant work off (`[trainer] search_constant_work = false`): K candidates
+    are trained, so the run time reveals K (docs/privacy.md, "Residual channels")."""
+    pytest.importorskip("opacus")
+    from pandacead_opacus import search as search_mod
+
+    plan = _plan_search({"candidates": {"distribution": "geometric", "mean": 3}}, constant_work=False)
+    assert plan.details["search"]["constant_work"] is False
+    job = _plan_search.last_job
+    counts = set()
+    for secret in range(10):
+        calls, events = [], []
+
+        def train_candidate(cj, cp, fit, seed, calls=calls):
+            calls.append(seed)
+            raise Diverged("Training diverged.", ["test"])
+
+        with pytest.raises(JobFailed):
+            search_mod.run_search(job, plan, {"X_train": np.zeros((4, 2)), "y_train": np.zeros(4)},
+                                  noise_seed=secret, train_candidate=train_candidate, progress=events.append)
+        assert len(calls) == sum(1 for e in events if e.get("counted")) <= plan.details["search"]["max"]
+        counts.add(len(calls))
+    assert len(counts) >= 2
+
+
+def test_constant_work_refuses_a_search_whose_m_candidates_cannot_fit_in_the_timeout():
+    """'No free work': under constant work a search trains M candidates; one whose M × (a lower
+    bound of one candidate's time) exceeds the host's timeout is refused before it runs."""
+    from pandacead_opacus.trainer import OpacusTrainer
+
+    from pandacead import datasets
+    from pandacead.jobs import Job
+    from pandacead.trainers import TrainerContext
+
+    info = datasets.describe("synthetic", datasets.builtin_specs()["synthetic"], ".")
+    job = Job.from_dict({**_search_job("slow", user_id="u", search={"candidates": {"distribution": "geometric",
+                                                                                    "mean": 20}}),
+                         "model": {"type": "linear", "hidden": []}, "backend": None, "epochs": 50,
+                         "batch_size": 1})
+    ctx = TrainerContext(datasets={"synthetic": info}, state_dir=".",
+                         options={"home": ".", "timeout_seconds": 60.0})
+    with pytest.raises(JobRejected, match="search trains 200 candidates"):
+        OpacusTrainer().plan(job, ctx)
+    ctx.options["search_constant_work"] = False  # K candidates only: no such refusal (nor protection)
+    assert OpacusTrainer().plan(job, ctx).details["search"]["constant_work"] is False

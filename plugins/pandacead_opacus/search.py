@@ -57,6 +57,13 @@ from pandacead.jobs import Job
 DEFAULT_VALIDATION_FRACTION = 0.0
 #: Scoring on the training rows: the score's RDP curve is at most this share of the training curve.
 DEFAULT_SCORE_SHARE = 0.25
+#: The cap M on the number of candidates a job leaves out: this many times the mean. At mean 10
+#: (logarithmic) it adds log(1/Z)/(λ−1) + log(1/(1−s)) ≈ 0.005/(λ−1) + 0.068 to the curve
+#: (tuning.truncation_penalty) and bounds the run time; a job may set `candidates.max`.
+DEFAULT_MAX_FACTOR = 10
+#: The host's default (`[trainer] search_constant_work`): every search trains exactly M candidates
+#: and releases the best of the first K, so its run time does not depend on the secret K.
+DEFAULT_CONSTANT_WORK = True
 #: At most this many privacy-relevant configurations (batch size × epochs × model).
 MAX_CONFIGS = 64
 #: σ calibration: bracket and relative tolerance on ε.
@@ -186,6 +193,12 @@ def config_sigmas(schedules: list[dict[str, Any]], sigma: float) -> list[float]:
     return out
 
 
+def max_count_of(cand: dict[str, Any], mean: float) -> int:
+    """M: the job's `candidates.max`, or DEFAULT_MAX_FACTOR × the mean."""
+    m = cand.get("max")
+    return int(m) if m is not None else int(math.ceil(DEFAULT_MAX_FACTOR * mean))
+
+
 def search_curve(
     schedules: list[dict[str, Any]],
     sigma: float,
@@ -194,6 +207,7 @@ def search_curve(
     fraction: float = DEFAULT_VALIDATION_FRACTION,
     share: float = DEFAULT_SCORE_SHARE,
     sigmas: list[float] | None = None,
+    max_count: int | None = None,
 ) -> tuple[dict[float, float], dict[float, float], float]:
     """(search curve, base curve Q, σ_s) for noise multiplier σ.
 
@@ -213,7 +227,7 @@ def search_curve(
     else:
         s_sigma = score_sigma(finite, share)
         base = {a: train[a] + tuning.gaussian_rdp(s_sigma, a) for a in finite}
-    return tuning.repeat_and_select(base, mean, shape), base, s_sigma
+    return tuning.repeat_and_select(base, mean, shape, max_count), base, s_sigma
 
 
 def _eps(curve: dict[float, float], delta: float) -> float:
@@ -245,6 +259,16 @@ def plan_search(job: Job, ctx: Any, base_plan: Any, plan_config: Any) -> Any:
         shape = tuning.distribution_shape(distribution, cand.get("shape"))
     except ValueError as exc:
         raise JobRejected(f"The search's number of candidates is invalid: {exc}.", [f"search.candidates: {exc}"]) from None
+    max_count = max_count_of(cand, mean)
+    if max_count < mean:
+        raise JobRejected(
+            f"The search's cap of {max_count} candidates is below their mean {mean:g}.",
+            [f"search.candidates.max: {max_count} < mean {mean:g}"],
+        )
+    try:
+        tuning.truncation_penalty(mean, shape, max_count)
+    except ValueError as exc:
+        raise JobRejected(f"The search's number of candidates is invalid: {exc}.", [f"search.candidates: {exc}"]) from None
     fraction = float(spec.get("validation_fraction", DEFAULT_VALIDATION_FRACTION))
     share = float(spec.get("score_share", DEFAULT_SCORE_SHARE))
     delta = float(job.dp.delta)
@@ -256,11 +280,22 @@ def plan_search(job: Job, ctx: Any, base_plan: Any, plan_config: Any) -> Any:
         p = plan_config(cfg_job, fit_fraction=1 - fraction)
         plans.append({"config": cfg, "sample_rate": p.sample_rate, "steps": p.steps, "details": p.details,
                       "n_train": p.n_train})
+    constant_work = bool((ctx.options or {}).get("search_constant_work", DEFAULT_CONSTANT_WORK))
+    if constant_work:  # 'no free work': M candidates must fit in the host's timeout (a lower bound)
+        per = min(float(p["details"].get("estimated_seconds_min") or 0.0) for p in plans)
+        timeout = (ctx.options or {}).get("timeout_seconds")
+        if isinstance(timeout, (int, float)) and timeout > 0 and max_count * per > float(timeout):
+            raise JobRejected(
+                f"Job {job.job_id}'s search trains {max_count} candidates (candidates.max; this host runs all of"
+                f" them so that the run time does not reveal how many count), at least {max_count * per:.0f} s,"
+                f" more than this host's {float(timeout):g}-s timeout; nothing was run or charged.",
+                [f"runtime: {max_count} candidates x >= {per:.2f} s > timeout_seconds {float(timeout):g}"],
+            )
     # The public count of the rows a score runs over (the true count of private data is private).
     n_val_public = base_plan.n_train if fraction == 0 else max(1, int(round(base_plan.n_train * fraction)))
 
     def eps_of(sigma: float) -> float:
-        curve, _, _ = search_curve(plans, sigma, mean, shape, fraction, share)
+        curve, _, _ = search_curve(plans, sigma, mean, shape, fraction, share, max_count=max_count)
         return _eps(curve, delta)
 
     target = float(job.dp.epsilon)
@@ -295,7 +330,8 @@ def plan_search(job: Job, ctx: Any, base_plan: Any, plan_config: Any) -> Any:
         eps = eps_of(sigma)
         calibrated = True
     sigmas = config_sigmas(plans, sigma)
-    curve, base, s_sigma = search_curve(plans, sigma, mean, shape, fraction, share, sigmas)
+    curve, base, s_sigma = search_curve(plans, sigma, mean, shape, fraction, share, sigmas, max_count)
+    uncapped, _, _ = search_curve(plans, sigma, mean, shape, fraction, share, sigmas)
     eps = _eps(curve, delta)  # the mechanism actually run: at most the calibrated value
     base_eps = _eps(base, delta)
     for p, sg in zip(plans, sigmas):
@@ -305,7 +341,10 @@ def plan_search(job: Job, ctx: Any, base_plan: Any, plan_config: Any) -> Any:
     details.update(
         {
             "search": {
-                **tuning.describe(distribution, mean, cand.get("shape")),
+                **tuning.describe(distribution, mean, cand.get("shape"), max_count),
+                # What the cap adds, at the same σ: the price of a bounded, K-independent run time.
+                "uncapped_epsilon": _eps(uncapped, delta),
+                "constant_work": constant_work,
                 "validation_fraction": fraction,
                 "scored_on": "training rows" if fraction == 0 else "validation split",
                 "score_share": share if fraction == 0 else None,
@@ -374,8 +413,14 @@ def run_search(
     s = plan.details["search"]
     secret = int(noise_seed) if noise_seed is not None else _secrets.randbits(63)
     rng = np.random.default_rng(_derived(secret, "search"))
+    max_count = int(s["max"])
     k = tuning.sample_count(float(rng.random()), s["distribution"], float(s["mean"]),
-                            s["shape"] if s["distribution"] == "negative_binomial" else None)
+                            s["shape"] if s["distribution"] == "negative_binomial" else None, max_count)
+    # Constant work: train all M candidates whatever K is, and release the best of the first K —
+    # the run time is then that of M i.i.d. candidates, independent of the secret K. The extra
+    # candidates are trained and scored like the others and thrown away (their outputs never
+    # reach the release, so they change nothing in its distribution).
+    runs = max_count if s.get("constant_work") else k
     X, y = arrays["X_train"], arrays["y_train"]
     on_train_rows = float(s["validation_fraction"]) == 0
     if on_train_rows:  # Q = DP-SGD on every training row, then the score on the same rows
@@ -390,7 +435,7 @@ def run_search(
     best: dict[str, Any] | None = None
     best_score = -math.inf
     progress({"stage": "search", "message": "searching hyperparameters"})
-    for i in range(k):
+    for i in range(runs):
         cfg_plan = s["configs"][int(rng.integers(len(s["configs"])))]
         lr = _draw(space, "learning_rate", job.learning_rate, rng)
         clip = _draw(space, "clip", job.dp.clip, rng)
@@ -411,7 +456,8 @@ def run_search(
             result = train_candidate(cand.to_dict(), cand_plan, fit_arrays, _derived(secret, f"candidate\0{i}"))
         except Diverged:
             # Decided on the DP model alone (post-processing): this candidate is out, the search goes on.
-            progress({"stage": "search", "candidate": i + 1, "diverged": True, "admin_only": True})
+            progress({"stage": "search", "candidate": i + 1, "of": runs, "counted": i < k, "diverged": True,
+                      "admin_only": True})
             continue
         model, arch = models.load_model(result["model"])
         if len(X_val):
@@ -427,11 +473,13 @@ def run_search(
         noisy = (total + float(rng.normal(0.0, float(s["score_noise"])))) / n_val_public
         if not math.isfinite(noisy):
             noisy = -math.inf
-        if best is None or noisy > best_score:
+        if i < k and (best is None or noisy > best_score):
             best, best_score = result, noisy
             best["training_params"]["search_choice"] = {"learning_rate": lr, "clip": clip, "noise_multiplier": sigma,
                                                         **cfg_plan["config"]}
-        progress({"stage": "search", "candidate": i + 1, "best_score_so_far": best_score, "admin_only": True})
+        # Admin-only (the job's log on the host): whether this candidate is one of the K that count.
+        progress({"stage": "search", "candidate": i + 1, "of": runs, "counted": i < k,
+                  "best_score_so_far": best_score, "admin_only": True})
     if best is None:
         raise JobFailed("The hyperparameter search produced no usable candidate; nothing is released.")
     # What the buyer may see: the released model, its own hyperparameters and its
@@ -448,7 +496,7 @@ def run_search(
     best["delta"] = float(plan.delta)
     tp = dict(best["training_params"])
     tp["accountant"] = plan.accountant
-    tp["search"] = {k2: s.get(k2) for k2 in ("distribution", "mean", "shape", "validation_fraction", "scored_on",
-                                              "score_share", "score_noise")}
+    tp["search"] = {k2: s.get(k2) for k2 in ("distribution", "mean", "shape", "max", "validation_fraction",
+                                              "scored_on", "score_share", "score_noise", "constant_work")}
     best["training_params"] = tp
     return best
