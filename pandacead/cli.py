@@ -218,6 +218,10 @@ def _print_quote(qt: Any, as_json: bool) -> None:
         lines.append(f"  search     mean {sp['mean']:g} candidates ({sp['distribution']}): ε {sp['search_epsilon']:.4g}"
                      f" for the whole search, vs ε {sp['naive_epsilon']:.4g} for {sp['mean']:g} separate jobs"
                      f" of ε {sp['base_epsilon']:.4g}")
+        if sp.get("max") is not None:
+            lines.append(f"             at most {sp['max']} candidates"
+                         + (f", all {sp['max']} trained so the run time hides how many count"
+                            if sp.get("constant_work") else " (only those that count are trained)"))
     if not d["fits"]:
         lines.append(f"  DOES NOT FIT: {d['reason']}")
     lines.append(f"Nothing was charged. To pay exactly this, add \"quote\": \"{d['quote']}\" to the job.")

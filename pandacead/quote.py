@@ -132,7 +132,11 @@ def estimate(job: Job, plan: PrivacyPlan, info: Any, backend: str) -> dict[str, 
     batch = (plan.sample_rate or 0) * n_train or job.batch_size
     steps = plan.steps or max(1, math.ceil(n_train / max(1, job.batch_size))) * job.epochs
     # forward, backward and per-sample gradients: ~6 flops per parameter and example
-    seconds = _STARTUP_SECONDS.get(backend, 2.0) + steps * batch * params * 6 / _FLOPS_PER_SECOND
+    runs = 1.0
+    sp = (plan.details or {}).get("search")
+    if sp:  # a search trains all M candidates under constant work, K (mean E[K]) without it
+        runs = float(sp.get("max") or sp.get("mean") or 1) if sp.get("constant_work") else float(sp.get("mean") or 1)
+    seconds = _STARTUP_SECONDS.get(backend, 2.0) + runs * steps * batch * params * 6 / _FLOPS_PER_SECOND
     # per-sample gradients (batch × params), activations, the data, and the interpreter/libraries
     base = 350 * 2**20 if backend in ("opacus", "syft") else 60 * 2**20
     peak = base + 4 * (params * (batch * 1.5 + 4) + n_train * (n_features + 1) * 2)
@@ -184,7 +188,8 @@ def _search_price(plan: PrivacyPlan) -> dict[str, Any] | None:
     sp = (plan.details or {}).get("search")
     if not sp:
         return None
-    return {k: sp.get(k) for k in ("distribution", "mean", "shape", "base_epsilon", "naive_epsilon", "search_epsilon")}
+    return {k: sp.get(k) for k in ("distribution", "mean", "shape", "max", "constant_work", "base_epsilon",
+                                   "naive_epsilon", "search_epsilon", "uncapped_epsilon")}
 
 
 def plan_fields(plan: PrivacyPlan) -> dict[str, Any]:
