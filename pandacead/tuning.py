@@ -162,10 +162,17 @@ def _pmf_by_shape(k: int, mean: float, shape: float) -> float:
     if k < 1:
         return 0.0
     gamma = tnb_gamma(shape, mean)
-    if shape == 0:
-        return math.exp(k * math.log1p(-gamma) - math.log(k) - math.log(math.log(1 / gamma)))
-    log_prod = math.lgamma(k + shape) - math.lgamma(shape) - math.lgamma(k + 1)
-    return math.exp(k * math.log1p(-gamma) + log_prod) / (gamma**-shape - 1)
+    if gamma >= 1:  # the geometric law of mean 1: K = 1 always
+        return 1.0 if k == 1 else 0.0
+    # In log space, with a normaliser that stays accurate as γ → 1 (a mean near 1) and for a tiny
+    # η: log(1/γ) and γ^{−η} − 1 cancel catastrophically there (a relative error of 1e-7 at
+    # mean 1), and that error is common to every k, so it went straight into Z = P[K ≤ M].
+    neg_log_gamma = -math.log(gamma)
+    if shape == 0:  # (1−γ)^k / (k · log(1/γ))
+        return math.exp(k * math.log1p(-gamma) - math.log(k) - math.log(neg_log_gamma))
+    # (1−γ)^k Γ(k+η) / (Γ(η) k! (γ^{−η} − 1)), with Γ(η)(γ^{−η} − 1) = Γ(η+1) log(1/γ) (e^x − 1)/x, x = η log(1/γ)
+    log_norm = math.lgamma(shape + 1) + math.log(neg_log_gamma) + math.log(_expm1_over_x(shape * neg_log_gamma))
+    return math.exp(k * math.log1p(-gamma) + math.lgamma(k + shape) - math.lgamma(k + 1) - log_norm)
 
 
 def truncation_penalty(mean: float, shape: float, max_count: int) -> dict[str, float]:
@@ -230,6 +237,9 @@ def _repeat_and_select(curve: Mapping[float, float], mean: float, shape: float) 
         return out
     else:  # truncated negative binomial, Theorem 2
         gamma = tnb_gamma(shape, mean)
+        # Theorem 2's E[K] is the mean of the law actually sampled, whose γ is the bisection's
+        # lower end: up to a relative 5e-8 above the nominal mean (η = 100, mean 1).
+        mean = max(mean, tnb_mean(gamma, shape))
         # λ̂ >= 1 only (Theorem 2): below 1, (1 − 1/λ̂)·ε(λ̂) is negative and would undercharge.
         hats = [a for a in orders if a >= 1]
         if not hats:
@@ -245,18 +255,8 @@ def _repeat_and_select(curve: Mapping[float, float], mean: float, shape: float) 
 
 
 def count_pmf(k: int, distribution: str, mean: float, shape: float | None = None) -> float:
-    """P[K = k] for the law of the number of candidates."""
-    eta = distribution_shape(distribution, shape)
-    if math.isinf(eta):
-        return math.exp(-mean + k * math.log(mean) - math.lgamma(k + 1)) if k >= 0 else 0.0
-    if k < 1:
-        return 0.0
-    gamma = tnb_gamma(eta, mean)
-    if eta == 0:
-        return (1 - gamma) ** k / (k * math.log(1 / gamma))
-    # (1−γ)^k / (γ^{−η} − 1) · Π_{ℓ<k} (ℓ+η)/(ℓ+1)
-    log_prod = math.lgamma(k + eta) - math.lgamma(eta) - math.lgamma(k + 1)
-    return math.exp(k * math.log1p(-gamma) + log_prod) / (gamma**-eta - 1)
+    """P[K = k] for the law of the number of candidates (the law `sample_count` draws from)."""
+    return _pmf_by_shape(k, mean, distribution_shape(distribution, shape))
 
 
 def sample_count(uniform: float, distribution: str, mean: float, shape: float | None = None,

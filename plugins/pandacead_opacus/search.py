@@ -64,6 +64,8 @@ DEFAULT_MAX_FACTOR = 10
 #: The host's default (`[trainer] search_constant_work`): every search trains exactly M candidates
 #: and releases the best of the first K, so its run time does not depend on the secret K.
 DEFAULT_CONSTANT_WORK = True
+#: The least one candidate of a constant-work search is taken to cost, in seconds (the timeout check).
+CANDIDATE_FLOOR_SECONDS = 0.001
 #: At most this many privacy-relevant configurations (batch size × epochs × model).
 MAX_CONFIGS = 64
 #: σ calibration: bracket and relative tolerance on ε.
@@ -282,7 +284,10 @@ def plan_search(job: Job, ctx: Any, base_plan: Any, plan_config: Any) -> Any:
                       "n_train": p.n_train})
     constant_work = bool((ctx.options or {}).get("search_constant_work", DEFAULT_CONSTANT_WORK))
     if constant_work:  # 'no free work': M candidates must fit in the host's timeout (a lower bound)
-        per = min(float(p["details"].get("estimated_seconds_min") or 0.0) for p in plans)
+        # The plans' estimates are rounded to 1 ms: a cheap configuration reads 0.0, which let any M
+        # through. A candidate also builds a model, saves, loads and scores it (8-20 ms measured on
+        # one CPU core): CANDIDATE_FLOOR_SECONDS is an optimistic floor.
+        per = max(CANDIDATE_FLOOR_SECONDS, min(float(p["details"].get("estimated_seconds_min") or 0.0) for p in plans))
         timeout = (ctx.options or {}).get("timeout_seconds")
         if isinstance(timeout, (int, float)) and timeout > 0 and max_count * per > float(timeout):
             raise JobRejected(
