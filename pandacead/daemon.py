@@ -175,6 +175,7 @@ class Daemon:
             pipeline = Pipeline(s, app.plugins, app.ctx, spool.owner, pool=pool, public_keys=app.public_keys,
                                 noise_key=app.noise_key)
             self.pipeline = pipeline
+            pipeline.defer_sync = True  # one durable commit per job: the flush below settles the last ones
             pipeline.ledger()  # migrations done before READY
             self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
             observer = self._start_observer()
@@ -202,6 +203,9 @@ class Daemon:
                 if self.reload_requested:
                     self._reload()
                 self._tick()
+                if not self.in_flight:
+                    # Nothing running: no reservation is coming to fsync the WAL, so do it now.
+                    self.pipeline.flush_unsynced()
                 if self.once and self._idle():
                     break
                 self.wake.wait(timeout=self._wait_time())
@@ -497,6 +501,10 @@ class Daemon:
         self._reap()
         if self.pool is not None:
             self.pool.close()
+        pipeline = getattr(self, "pipeline", None)
+        if pipeline is not None:
+            with contextlib.suppress(Exception):
+                pipeline.flush_unsynced()
         if self.spool is not None:
             self.spool.release()
             log.info("pandacead daemon %s stopped", self.spool.owner)

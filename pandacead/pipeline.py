@@ -182,6 +182,14 @@ class Pipeline:
         self.noise_key = noise_key
         self._local = threading.local()
         self.versions = {"pandacead": __version__, "python": platform.python_version()}
+        # One durable commit per job (docs/reliability.md): with `defer_sync` (the daemon sets it) the
+        # success commit is not fsynced, and the job's spool file — what recovery keys on — is kept
+        # until a later durable transaction (the next reservation) or `flush_unsynced` has fsynced
+        # the WAL. Entries: (sequence number, spool file), in commit order.
+        self.defer_sync = False
+        self._unsynced: list[tuple[int, Path]] = []
+        self._unsynced_seq = 0
+        self._unsynced_lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------
 
@@ -293,6 +301,49 @@ class Pipeline:
         finally:
             done.set()
             t.join(timeout=5)
+
+    # -- one durable commit per job ---------------------------------------------
+
+    def _sync_mark(self) -> int:
+        """Taken before a durable ledger transaction: the spool files committed so far."""
+        return self._unsynced_seq
+
+    def _synced(self, mark: int) -> None:
+        """A durable transaction that began after `mark` has committed: the WAL up to it is on the disk,
+        with every success commit recorded before `mark`; their spool files may go."""
+        if not self._unsynced or self._unsynced[0][0] > mark:
+            return
+        with self._unsynced_lock:
+            done = [p for seq, p in self._unsynced if seq <= mark]
+            self._unsynced = [(seq, p) for seq, p in self._unsynced if seq > mark]
+        for spooled in done:
+            try:
+                self.cleanup(spooled)
+            except OSError as exc:  # it stays spooled: the next start finds it succeeded and removes it
+                log.warning("could not remove the settled job file %s: %s", spooled.name, exc)
+
+    def _keep_until_synced(self, spooled: Path) -> None:
+        with self._unsynced_lock:
+            self._unsynced_seq += 1
+            self._unsynced.append((self._unsynced_seq, spooled))
+
+    def flush_unsynced(self) -> int:
+        """Make the success commits not yet durable durable (one fsync of the ledger's WAL) and remove
+        their spool files; the daemon calls it when it has nothing in flight, and at shutdown.
+        Returns how many files it settled."""
+        if not self._unsynced:
+            return 0
+        mark = self._sync_mark()
+        n = len(self._unsynced)
+        try:
+            self.ledger().sync()
+        except OSError as exc:
+            log.error("the ledger %s could not be synced (%s); %d settled job file(s) stay spooled",
+                      self.settings.ledger_path, exc, n)
+            return 0
+        faults.point("synced")
+        self._synced(mark)
+        return n
 
     # -- stages ---------------------------------------------------------------
 
@@ -539,6 +590,24 @@ class Pipeline:
             return None
         return dict(final[1])
 
+    def _progress_from_history(self, row_id: int) -> dict[str, Any] | None:
+        """The last progress row a finished job's commit would have written, rebuilt from its history
+        file (state/history/<row>.jsonl) for a job recovered from its artifact; None if that file lacks
+        the final epoch (it is a best-effort view, not a record)."""
+        try:
+            lines = history_path(self.settings, row_id).read_text(encoding="utf-8").splitlines()
+            records = [r for r in map(json.loads, lines) if isinstance(r, dict)]
+        except (OSError, ValueError):
+            return None
+        starts = [i for i, r in enumerate(records) if r.get("type") == "job"]  # one per attempt: the last one's
+        records = records[starts[-1] + 1:] if starts else records
+        epochs = [r for r in records if r.get("type") == "progress" and r.get("epoch") is not None]
+        if not epochs or epochs[-1].get("epoch") != epochs[-1].get("epochs"):
+            return None
+        keys = ("epoch", "loss", "epsilon", "epsilon_exact", "steps")
+        last = {k: v for k, v in epochs[-1].items() if k not in ("type", "at")}
+        return {**last, "history": [{k: r.get(k) for k in keys if k in r} for r in epochs]}
+
     def record_final_progress(self) -> None:
         """Write the last epoch's progress row of the job this thread trained, if it reported one."""
         final = getattr(self._local, "final_progress", None)
@@ -720,6 +789,7 @@ class Pipeline:
             return Outcome(prior["job_id"], prior["status"], prior["user_id"], prior["backend"],
                            error=prior["error"], details=prior.get("details"))
         if prior is not None and prior["status"] == "succeeded":
+            led.sync()  # a success commit may not be durable yet (a crash, not a power cut, came after it)
             self.cleanup(spooled)
             return Outcome(prior["job_id"], "succeeded", prior["user_id"], prior["backend"], prior["epsilon"])
 
@@ -750,9 +820,11 @@ class Pipeline:
                 check_admission(self.settings, job, trainer.name, plan)
             self._refuse_if_cancelled(job)  # cancelled while it was planned: still nothing touched
             self._require_outbox(job.job_id)
+            mark = self._sync_mark()
             row_id = led.reserve(job.job_id, job.user_id, plan, trainer.name, owner=fname, file=fname,
                                  dataset=job.dataset, scope=scope, create_account=not scope,
                                  public=getattr(self.ctx.datasets.get(job.dataset), "public", None))
+            self._synced(mark)  # the reservation's fsync made earlier success commits durable
             faults.point("reserved")
             log.info(
                 "job %s reserved ε=%.6g δ=%.3g on %s (σ=%s, q=%s, steps=%s)", job.job_id, plan.epsilon,
@@ -795,7 +867,7 @@ class Pipeline:
             path = self.publish_success(job, trainer, plan, result, started, _scope(spooled))
             log.info("job %s published %s", job.job_id, path.name, extra=extra)
             self._commit(job, result.epsilon, result.delta, row_id, _scope(spooled),
-                         progress=self._take_final_progress(row_id))
+                         progress=self._take_final_progress(row_id), durable=not self.defer_sync)
         except Deferred as exc:
             self._note_waiting(job, row_id, exc.reason)
             raise
@@ -804,11 +876,17 @@ class Pipeline:
                  job.user_id, extra=extra)
         self.record_final_progress()
         self.drop_checkpoints(job.job_id)
-        self.cleanup(spooled)
+        if self.defer_sync:
+            # Until the WAL is fsynced a power cut may lose the commit: the spool file stays, so that
+            # the next start finds the job reserved with its artifact out and commits it (`_resume`).
+            self._keep_until_synced(spooled)
+        else:
+            self.cleanup(spooled)
         with contextlib.suppress(OSError):  # a cancel request that came too late
             os.unlink(cancel_path(self.settings, job.job_id, _scope(spooled)))
         out = Outcome(job.job_id, "succeeded", job.user_id, trainer.name, result.epsilon, artifact=path)
         self._notify(job, out)
+        faults.point("settled")
         return out
 
     def _note_waiting(self, job: Job, row_id: int, why: str) -> None:
@@ -817,13 +895,14 @@ class Pipeline:
             self.ledger().job_event(job.job_id, "running", row_id=row_id, error=f"waiting: {why}")
 
     def _commit(self, job: Job, epsilon: float, delta: float, row_id: int, scope: str = "",
-                progress: dict[str, Any] | None = None) -> None:
+                progress: dict[str, Any] | None = None, durable: bool = True) -> None:
         """Charge a published job (and write its last progress row in the same transaction). Its
         artifact is out: a failure here must never turn into a release, so it defers (the next
         attempt finds the artifact and commits it)."""
         try:
             faults.fail("commit")
-            self.ledger().commit(job.job_id, epsilon, delta, row_id=row_id, scope=scope, progress=progress)
+            self.ledger().commit(job.job_id, epsilon, delta, row_id=row_id, scope=scope, progress=progress,
+                                 durable=durable)
         except Exception as exc:
             reason = f"its spend could not be recorded ({type(exc).__name__}: {exc})"
             raise Deferred(
@@ -841,7 +920,7 @@ class Pipeline:
         if spend is None or spend["owner"] != spooled.name:
             raise JobFailed(f"Job {job.job_id} lost its reservation during a crash; it was not run.")
         if spend["state"] == "committed":
-            led.job_event(job.job_id, "succeeded", row_id=row_id, epsilon=spend["epsilon"])
+            led.job_event(job.job_id, "succeeded", row_id=row_id, epsilon=spend["epsilon"])  # durable
             self.drop_checkpoints(job.job_id)
             self.cleanup(spooled)
             return Outcome(job.job_id, "succeeded", job.user_id, spend["backend"], spend["epsilon"])
@@ -852,7 +931,9 @@ class Pipeline:
             art = json.loads(art_path.read_bytes())
             if art.get("user_id") == job.user_id and art.get("job_id") == job.job_id:
                 log.info("job %s recovered: its artifact was published before a crash", job.job_id, extra=extra)
-                self._commit(job, float(art["epsilon"]), float(art["dp"]["delta"]), row_id, scope)
+                # Durable (this path is rare), with the last progress row from the job's history file.
+                self._commit(job, float(art["epsilon"]), float(art["dp"]["delta"]), row_id, scope,
+                             progress=self._progress_from_history(row_id))
                 self.drop_checkpoints(job.job_id)
                 self.cleanup(spooled)
                 out = Outcome(job.job_id, "succeeded", job.user_id, spend["backend"], art["epsilon"], artifact=art_path)

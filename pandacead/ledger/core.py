@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -431,27 +432,53 @@ class Ledger:
     # -- transactions --------------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE: take the write lock before reading what we decide on."""
+    def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: take the write lock before reading what we decide on.
+
+        `durable=False` commits under `synchronous = NORMAL` (this transaction only): the WAL is
+        written but not fsynced, so the transaction survives a crash of the process but not a power
+        cut until the next durable commit (any connection's) or `sync()` fsyncs the WAL. Only the
+        success commit uses it (docs/reliability.md, "One durable commit per job")."""
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self._writing = True
+        if not durable:
+            self.conn.execute("PRAGMA synchronous = NORMAL")
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+            while True:
+                try:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            self._writing = True
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
+            finally:
+                self._writing = False
         finally:
-            self._writing = False
+            if not durable:
+                self.conn.execute("PRAGMA synchronous = FULL")
+
+    def sync(self) -> None:
+        """Make every transaction committed so far durable: fsync the WAL (what a durable commit does).
+
+        In WAL mode a commit under `synchronous = NORMAL` is in the WAL file, not yet on the disk;
+        checkpoints sync the WAL before copying it and the database after, so once the WAL is
+        fsynced every earlier commit survives a power cut. No WAL file: nothing is pending."""
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _audit(
         self,
@@ -1068,14 +1095,16 @@ class Ledger:
 
     def commit(
         self, job_id: str, epsilon: float, delta: float, row_id: int | None = None, scope: str = "",
-        progress: dict[str, Any] | None = None,
+        progress: dict[str, Any] | None = None, *, durable: bool = True,
     ) -> None:
         """Charge the actual spend (never above the reservation) and free the rest.
 
         `progress`: the job's last progress report (`jobs show`), written to its status row in
-        the same transaction, so a finished job costs one durable commit after training, not two."""
+        the same transaction, so a finished job costs one commit after training, not two.
+        `durable=False`: the commit is not fsynced (see `transaction`); the caller keeps whatever
+        depends on it (the spool file) until the next durable commit or `sync()`."""
         progress_json = None if progress is None else json.dumps(progress)  # raises before the transaction
-        with self.transaction() as conn:
+        with self.transaction(durable) as conn:
             if row_id is not None and progress_json is not None:
                 conn.execute(
                     "UPDATE jobs SET status = 'succeeded', epsilon = ?, delta = ?, progress = ?, updated_at = ?"
