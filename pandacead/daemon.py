@@ -97,6 +97,37 @@ def _shorten_move_pairing() -> None:
         cls.delay = 0.002
 
 
+def _inbox_events() -> list[Any] | None:
+    """The watchdog events the daemon acts on: a file closed after writing, created, or renamed
+    (within the inbox or into it). With this filter the inotify watch asks the kernel for
+    IN_CLOSE_WRITE, IN_CREATE and IN_MOVE only, not every IN_OPEN, IN_MODIFY, IN_ACCESS and
+    IN_CLOSE_NOWRITE (each scan of inbox/ opened and closed the directory, each write of a job
+    file modified it, each claim moved one out): every kernel event woke watchdog's threads,
+    whose GIL hand-offs slowed the job thread (docs/benchmarks.md, (a))."""
+    try:
+        from watchdog.events import (
+            DirCreatedEvent,
+            DirMovedEvent,
+            FileClosedEvent,
+            FileCreatedEvent,
+            FileMovedEvent,
+        )
+    except ImportError:  # pragma: no cover - older watchdog: every event, as before
+        return None
+    return [FileClosedEvent, FileCreatedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent]
+
+
+def _schedule(observer: Any, handler: Any, path: Path) -> None:
+    events = _inbox_events()
+    if events is not None:
+        try:
+            observer.schedule(handler, str(path), recursive=False, event_filter=events)
+            return
+        except TypeError:  # watchdog < 4 has no event_filter
+            pass
+    observer.schedule(handler, str(path), recursive=False)
+
+
 class Daemon:
     def __init__(self, settings: Settings, *, once: bool = False, notifier: Notifier | None = None):
         self.settings = settings
@@ -130,6 +161,7 @@ class Daemon:
         # scan instead of rescanning the whole inbox per claim (which made draining quadratic).
         self._scanned: list[Any] = []
         self._next_scan = 0.0
+        self._last_status: tuple[str, float] = ("", 0.0)
 
     # -- signals --------------------------------------------------------------
 
@@ -288,7 +320,7 @@ class Daemon:
         watchdog_handler: Any = handler  # duck-typed: watchdog only calls dispatch()
         # Not recursive (a hostile inbox may hold symlinks to directories): each buyer inbox
         # gets its own watch when a scan first finds it (`_watch_buyers`).
-        observer.schedule(watchdog_handler, str(self.settings.inbox), recursive=False)
+        _schedule(observer, watchdog_handler, self.settings.inbox)
         observer.daemon = True
         try:
             observer.start()
@@ -309,7 +341,7 @@ class Daemon:
                 continue
             watched.add(d)
             try:
-                observer.schedule(self.events, str(d), recursive=False)
+                _schedule(observer, self.events, d)
             except Exception as exc:
                 log.warning("cannot watch %s (%s); relying on periodic scans", d, exc)
 
@@ -383,6 +415,7 @@ class Daemon:
             return
         if not self.once and not self._outbox_gate():
             self.notifier.status(f"waiting: {self.outbox_blocked}")
+            self._last_status = ("", 0.0)  # the next job status is sent, whatever it says
             return
         s = self.settings
         closed = self.events.take_closed() if hasattr(self, "events") else set()
@@ -427,7 +460,17 @@ class Daemon:
             faults.point("claimed")
             log.info("claimed %s", key if key.isprintable() else ascii(key)[1:-1])
             self._submit(spooled)
-        self.notifier.status(self._status())
+        self._send_status()
+
+    def _send_status(self) -> None:
+        """STATUS= for `systemctl status`: when it changed, at most 4 a second while jobs run (a socket
+        and a datagram each; a burst of short jobs sent several per job), at once when all are done."""
+        text = self._status()
+        now = time.monotonic()
+        if text == self._last_status[0] or (self.in_flight and now - self._last_status[1] < 0.25):
+            return
+        self._last_status = (text, now)
+        self.notifier.status(text)
 
     #: Settings a running daemon cannot change (its directories, its worker threads, its key).
     RESTART_ONLY = ("paths.inbox", "paths.outbox", "paths.state", "daemon.workers", "signing.key")

@@ -131,6 +131,8 @@ class _History:
 
     def __init__(self, settings: Any, row_id: int, job: Job, backend: str, plan: PrivacyPlan):
         self.path = history_path(settings, row_id)
+        self.fh: Any = None  # opened at the first write, kept open until `close`
+        self.flushed = time.monotonic()
         meta = {"type": "job", "at": time.time(), "job_id": job.job_id, "account": job.user_id,
                 "dataset": job.dataset, "backend": backend, "epochs": job.epochs, "batch_size": job.batch_size,
                 "learning_rate": job.learning_rate, "model": job.model.type, "hidden": list(job.model.hidden),
@@ -140,9 +142,21 @@ class _History:
 
     def write(self, record: dict[str, Any]) -> None:
         with contextlib.suppress(OSError, TypeError, ValueError):
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record, default=str) + "\n")
+            line = json.dumps(record, default=str) + "\n"
+            if self.fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self.fh = open(self.path, "a", encoding="utf-8")
+            self.fh.write(line)
+            now = time.monotonic()
+            if now - self.flushed >= 0.5:  # `jobs logs` reads it while the job runs: at most 0.5 s behind
+                self.fh.flush()
+                self.flushed = now
+
+    def close(self) -> None:
+        if self.fh is not None:
+            with contextlib.suppress(OSError):
+                self.fh.close()
+            self.fh = None
 
 
 @dataclass
@@ -187,6 +201,7 @@ class Pipeline:
         # until a later durable transaction (the next reservation) or `flush_unsynced` has fsynced
         # the WAL. Entries: (sequence number, spool file), in commit order.
         self.defer_sync = False
+        self._cancel_dir: tuple[Any, dict[str, Any], str] | None = None
         self._unsynced: list[tuple[int, Path]] = []
         self._unsynced_seq = 0
         self._unsynced_lock = threading.Lock()
@@ -261,7 +276,12 @@ class Pipeline:
         """Is there a cancel request for `job_id` in `scope` (default: the scope of the file this thread processes)?"""
         if scope is None:
             scope = getattr(self._local, "scope", "")
-        return os.path.lexists(cancel_path(self.settings, job_id, scope))
+        # `cancel_path` as a string, its directory computed once per settings (checked at every progress report).
+        cached = self._cancel_dir
+        if cached is None or cached[0] is not self.settings or cached[1] != self.settings.data["paths"]:
+            cached = self._cancel_dir = (self.settings, dict(self.settings.data["paths"]),
+                                         str(Path(self.settings.state) / CANCEL_DIR))
+        return os.path.lexists(f"{cached[2]}/@{scope}/{job_id}" if scope else f"{cached[2]}/{job_id}")
 
     def _refuse_if_cancelled(self, job: Job) -> None:
         if self.cancel_requested(job.job_id):
@@ -569,6 +589,8 @@ class Pipeline:
                 # data is unknown, so it counts as read (fail closed).
                 self._local.touched = True
             raise
+        finally:
+            history_file.close()
         if not (isinstance(result.epsilon, (int, float)) and math.isfinite(result.epsilon) and result.epsilon > 0):
             raise JobFailed(f"Backend {trainer.name} reported an unusable ε ({result.epsilon!r}).")
         if result.epsilon > plan.epsilon * (1 + SLACK) or result.delta > plan.delta * (1 + SLACK):
