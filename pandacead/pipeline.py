@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pandacead import __version__, faults
+from pandacead import __version__, fastjson, faults
 from pandacead.artifacts import (
     ENVELOPE_SUFFIX,
     ERROR_SUFFIX,
@@ -63,7 +63,7 @@ from pandacead.artifacts import (
 from pandacead.errors import Diverged, HandedBack, JobError, JobFailed, JobRejected
 from pandacead.jobs import Job, job_id_hint, parse_job, parse_json
 from pandacead.ledger import SLACK, Ledger
-from pandacead.signing import envelope, envelope_payload, statement
+from pandacead.signing import envelope, envelope_payload, statement, statement_bytes
 from pandacead.spool import Oversized, SpecialFile, original_name, read_job_file, spooled_account
 from pandacead.trainers import PrivacyPlan, TrainerContext, TrainResult, may_train_on, noise_seed
 
@@ -701,14 +701,15 @@ class Pipeline:
                 )
 
     def sign(self, stmt: dict[str, Any]) -> dict[str, Any]:
-        payload = envelope_payload(stmt)
+        body = statement_bytes(stmt)  # serialised once, for the signature and the envelope
+        payload = envelope_payload(stmt, body)
         try:
             sigs = [s for s in self.plugins.hook.pandacead_sign_artifact(payload=payload) if s]
         except Exception as exc:
             raise JobFailed(f"Signing the artifact failed: {type(exc).__name__}: {exc}.") from None
         if not sigs:
             raise JobFailed("No signer is configured; an unsigned artifact is never published.")
-        return envelope(stmt, sigs)
+        return envelope(stmt, sigs, body)
 
     def publish_success(
         self, job: Job, trainer: Any, plan: PrivacyPlan, result: TrainResult, started: str, scope: str = ""
@@ -720,7 +721,7 @@ class Pipeline:
         name = f"{job.job_id}.json"
         pred = provenance(job, trainer.name, result, plan, started, art["created_at"], self.versions)
         env = self.sign(statement(name, data, pred))
-        env_bytes = (json.dumps(env, indent=2) + "\n").encode("utf-8")
+        env_bytes = (fastjson.pretty(env) + "\n").encode("utf-8")  # json.dumps(indent=2), byte for byte
         self._check_no_digest(job, data, env_bytes, result.model)
         env_path = outbox / f"{job.job_id}{ENVELOPE_SUFFIX}"
         # The envelope goes first: whoever sees <job_id>.json finds its signature beside it.

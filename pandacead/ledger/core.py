@@ -651,7 +651,9 @@ class Ledger:
                 " delta_reserved = delta_reserved + ?, updated_at = ? WHERE user_id = ?",
                 (eps, delta, now(), user_id),
             )
-            after = self._user_row(user_id)
+            # The row as the UPDATE left it (the same float additions), without reading it back.
+            after = {**user, "epsilon_reserved": user["epsilon_reserved"] + eps,
+                     "delta_reserved": user["delta_reserved"] + delta}
             self._audit(
                 "reserved", user_id, job_id, _budget_fields(user), _budget_fields(after),
                 {"epsilon": eps, "delta": delta, "backend": backend, "dataset": dataset, "scope": scope},
@@ -900,9 +902,11 @@ class Ledger:
         row = cur.fetchone()
         return None if row is None else dict(zip([c[0] for c in cur.description], row))
 
-    def _dataset_view(self, policy: DatasetPolicy) -> dict[str, Any]:
-        """The dataset as admission sees it, without writing: the ledger's row brought up to the config."""
-        row = self._dataset_row(policy.dataset)
+    def _dataset_view(self, policy: DatasetPolicy, row: Any = False) -> dict[str, Any]:
+        """The dataset as admission sees it, without writing: the ledger's row brought up to the config.
+        `row`: the ledger's row (or None) when the caller has just read it."""
+        if row is False:
+            row = self._dataset_row(policy.dataset)
         eps, delta = effective_budget(row, policy)
         return {
             "dataset": policy.dataset, "owner": policy.owner if policy.owner is not None else (row or {}).get("owner"),
@@ -914,7 +918,7 @@ class Ledger:
     def _sync_dataset(self, policy: DatasetPolicy) -> dict[str, Any]:
         """Inside a transaction: the dataset's row, created or brought up to the configuration (audited)."""
         row = self._dataset_row(policy.dataset)
-        view = self._dataset_view(policy)
+        view = self._dataset_view(policy, row)
         ts = now()
         fields = {k: view[k] for k in ("owner", "epsilon_budget", "delta_budget")}
         if row is None:
@@ -1134,20 +1138,31 @@ class Ledger:
             uid = row["user_id"]
             before = self._user_row(uid)
             ts = now()
+            # One UPDATE with `_zero_dust`'s rounding folded in; `after` is what it leaves (the same
+            # float operations), not read back.
             conn.execute(
-                "UPDATE users SET epsilon_reserved = epsilon_reserved - ?, delta_reserved = delta_reserved - ?,"
+                "UPDATE users SET"
+                " epsilon_reserved = CASE WHEN abs(epsilon_reserved - ?) < 1e-12 THEN 0 ELSE epsilon_reserved - ? END,"
+                " delta_reserved = CASE WHEN abs(delta_reserved - ?) < 1e-18 THEN 0 ELSE delta_reserved - ? END,"
                 " epsilon_spent = epsilon_spent + ?, delta_spent = delta_spent + ?, updated_at = ?"
                 " WHERE user_id = ?",
-                (row["epsilon_reserved"], row["delta_reserved"], epsilon, delta, ts, uid),
+                (row["epsilon_reserved"], row["epsilon_reserved"], row["delta_reserved"], row["delta_reserved"],
+                 epsilon, delta, ts, uid),
             )
-            _zero_dust(conn, uid)
+            after = None
+            if before is not None:
+                e_res = before["epsilon_reserved"] - row["epsilon_reserved"]
+                d_res = before["delta_reserved"] - row["delta_reserved"]
+                after = {**before, "epsilon_reserved": 0.0 if abs(e_res) < 1e-12 else e_res,
+                         "delta_reserved": 0.0 if abs(d_res) < 1e-18 else d_res,
+                         "epsilon_spent": before["epsilon_spent"] + epsilon, "delta_spent": before["delta_spent"] + delta}
             conn.execute(
                 "UPDATE spends SET state = 'committed', epsilon = ?, delta = ?, settled_at = ?"
                 " WHERE scope = ? AND job_id = ?",
                 (epsilon, delta, ts, scope, job_id),
             )
             self._audit(
-                "committed", uid, job_id, _budget_fields(before), _budget_fields(self._user_row(uid)),
+                "committed", uid, job_id, _budget_fields(before), _budget_fields(after),
                 {"epsilon": epsilon, "delta": delta},
             )
             self._advance(uid, row["dataset"])
