@@ -205,6 +205,7 @@ class Pipeline:
         self._unsynced: list[tuple[int, Path]] = []
         self._unsynced_seq = 0
         self._unsynced_lock = threading.Lock()
+        self._unsynced_at = 0.0
 
     # -- plumbing -------------------------------------------------------------
 
@@ -346,6 +347,16 @@ class Pipeline:
         with self._unsynced_lock:
             self._unsynced_seq += 1
             self._unsynced.append((self._unsynced_seq, spooled))
+            if len(self._unsynced) == 1:
+                self._unsynced_at = time.monotonic()
+
+    def unsynced_since(self, older_than: float) -> float | None:
+        """When the oldest success commit not yet durable was made (time.monotonic()), if it is
+        more than `older_than` seconds old; else None."""
+        if not self._unsynced:
+            return None
+        at = self._unsynced_at
+        return at if time.monotonic() - at >= older_than else None
 
     def flush_unsynced(self) -> int:
         """Make the success commits not yet durable durable (one fsync of the ledger's WAL) and remove
