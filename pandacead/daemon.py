@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -168,6 +169,7 @@ class Daemon:
         self._scanned: list[Any] = []
         self._next_scan = 0.0
         self._last_status: tuple[str, float] = ("", 0.0)
+        self._last_ping = -math.inf
 
     # -- signals --------------------------------------------------------------
 
@@ -237,7 +239,7 @@ class Daemon:
                 self._tick(first=True)
                 self.notifier.ready(status=self._status())
             while not self.stop_requested:
-                self.notifier.watchdog()
+                self._feed_watchdog()
                 if self.reload_requested:
                     self._reload()
                 self._tick()
@@ -471,6 +473,17 @@ class Daemon:
             self._submit(spooled)
         self._send_status()
 
+    def _feed_watchdog(self) -> None:
+        """WATCHDOG=1 when systemd watches (WATCHDOG_USEC), at most four times per interval (the loop
+        turns at least twice per interval, `_wait_time`); it was one datagram per turn of the loop."""
+        wd = self.notifier.watchdog_interval()
+        if not wd:
+            return
+        now = time.monotonic()
+        if now - self._last_ping >= wd / 4:
+            self._last_ping = now
+            self.notifier.watchdog()
+
     def _send_status(self) -> None:
         """STATUS= for `systemctl status`: when it changed, at most 4 a second while jobs run (a socket
         and a datagram each; a burst of short jobs sent several per job), at once when all are done."""
@@ -540,7 +553,7 @@ class Daemon:
                 observer.stop()
         deadline = time.monotonic() + float(self.settings.daemon.get("drain_timeout", 60.0))
         while self.in_flight and time.monotonic() < deadline:
-            self.notifier.watchdog()
+            self._feed_watchdog()
             self.wake.wait(timeout=0.05)
             self.wake.clear()
             self._reap()

@@ -127,12 +127,20 @@ def history_path(settings: Any, row_id: int) -> Path:
 
 
 class _History:
-    """Appends a job's progress to its history file; best effort (no fsync: it is a view, not a record)."""
+    """Appends a job's progress to its history file; best effort (no fsync: it is a view, not a record).
+
+    Creating a file is the dearest file operation of a job on ext4 (about as much as writing,
+    fsyncing and renaming one, docs/benchmarks.md (a)): the file is created by a background thread
+    while the job trains, the lines are kept in memory and written at most 0.5 s behind (`jobs logs`
+    reads the file while a job runs), and `close` — at the end of training, before anything is
+    published — writes the rest, so a job whose artifact is out has its whole history on file.
+    """
 
     def __init__(self, settings: Any, row_id: int, job: Job, backend: str, plan: PrivacyPlan):
         self.path = history_path(settings, row_id)
-        self.fh: Any = None  # opened at the first write, kept open until `close`
+        self.lines: list[str] = []
         self.flushed = time.monotonic()
+        self.opening: Any = _history_pool().submit(self._open)
         meta = {"type": "job", "at": time.time(), "job_id": job.job_id, "account": job.user_id,
                 "dataset": job.dataset, "backend": backend, "epochs": job.epochs, "batch_size": job.batch_size,
                 "learning_rate": job.learning_rate, "model": job.model.type, "hidden": list(job.model.hidden),
@@ -140,23 +148,47 @@ class _History:
                 "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps}
         self.write(meta)
 
+    def _open(self) -> Any:  # in the history thread
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return open(self.path, "a", encoding="utf-8")
+
     def write(self, record: dict[str, Any]) -> None:
         with contextlib.suppress(OSError, TypeError, ValueError):
-            line = json.dumps(record, default=str) + "\n"
-            if self.fh is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                self.fh = open(self.path, "a", encoding="utf-8")
-            self.fh.write(line)
-            now = time.monotonic()
-            if now - self.flushed >= 0.5:  # `jobs logs` reads it while the job runs: at most 0.5 s behind
-                self.fh.flush()
-                self.flushed = now
+            self.lines.append(json.dumps(record, default=str) + "\n")
+            if time.monotonic() - self.flushed >= 0.5 and self.opening is not None and self.opening.done():
+                self._flush()
+
+    def _flush(self) -> None:
+        self.flushed = time.monotonic()
+        fh = self.opening.result()  # raises what the open raised
+        fh.write("".join(self.lines))
+        fh.flush()
+        self.lines = []
 
     def close(self) -> None:
-        if self.fh is not None:
-            with contextlib.suppress(OSError):
-                self.fh.close()
-            self.fh = None
+        if self.opening is None:
+            return
+        with contextlib.suppress(Exception):
+            self._flush()
+        with contextlib.suppress(Exception):
+            self.opening.result().close()
+        self.opening = None
+
+
+_HISTORY_POOL: Any = None
+_HISTORY_POOL_LOCK = threading.Lock()
+
+
+def _history_pool() -> Any:
+    """One thread that creates history files (module-wide, started at the first job)."""
+    global _HISTORY_POOL
+    if _HISTORY_POOL is None:
+        with _HISTORY_POOL_LOCK:
+            if _HISTORY_POOL is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                _HISTORY_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
+    return _HISTORY_POOL
 
 
 @dataclass
