@@ -26,7 +26,7 @@ import rfc8785
 try:  # rfc8785's ECMAScript number formatting (RFC 8785 3.2.2.3), used as is
     from rfc8785._impl import _serialize_float
 except ImportError:  # pragma: no cover - another rfc8785 layout: the reference for everything
-    _serialize_float = None
+    _serialize_float = None  # type: ignore[assignment]
 
 _INT_MAX = 2**53 - 1  # rfc8785's integer domain
 

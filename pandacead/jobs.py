@@ -87,7 +87,7 @@ class Job:
             elif type(v) is tuple and all(type(x) in _SCALARS for x in v):
                 d[name] = tuple(v)
             else:  # anything else (the search's dict): what asdict makes of it
-                d[name] = asdict(v) if is_dataclass(v) else copy.deepcopy(v)
+                d[name] = asdict(v) if is_dataclass(v) and not isinstance(v, type) else copy.deepcopy(v)
         return d
 
     @classmethod
