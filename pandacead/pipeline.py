@@ -233,7 +233,7 @@ class Pipeline:
         # until a later durable transaction (the next reservation) or `flush_unsynced` has fsynced
         # the WAL. Entries: (sequence number, spool file), in commit order.
         self.defer_sync = False
-        self._cancel_dir: tuple[Any, dict[str, Any], str] | None = None
+        self._cancel_dir: tuple[Any, dict[str, Any] | None, str] | None = None
         self._unsynced: list[tuple[int, Path]] = []
         self._unsynced_seq = 0
         self._unsynced_lock = threading.Lock()
@@ -310,10 +310,13 @@ class Pipeline:
         if scope is None:
             scope = getattr(self._local, "scope", "")
         # `cancel_path` as a string, its directory computed once per settings (checked at every progress report).
-        cached = self._cancel_dir
-        if cached is None or cached[0] is not self.settings or cached[1] != self.settings.data["paths"]:
-            cached = self._cancel_dir = (self.settings, dict(self.settings.data["paths"]),
-                                         str(Path(self.settings.state) / CANCEL_DIR))
+        settings = self.settings
+        paths = getattr(settings, "data", {}).get("paths")
+        cached = getattr(self, "_cancel_dir", None)
+        if cached is None or cached[0] is not settings or cached[1] != paths:
+            cached = (settings, dict(paths) if paths is not None else None, str(Path(settings.state) / CANCEL_DIR))
+            if paths is not None:  # (settings without `data`: nothing to key a cache on)
+                self._cancel_dir = cached
         return os.path.lexists(f"{cached[2]}/@{scope}/{job_id}" if scope else f"{cached[2]}/{job_id}")
 
     def _refuse_if_cancelled(self, job: Job) -> None:
