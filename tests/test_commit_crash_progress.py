@@ -302,3 +302,25 @@ def test_a_power_cut_that_loses_the_commit_settles_once_charged_once(tmp_path: P
     assert (home / "outbox" / f"{jid}.json").read_bytes() == art
     assert (home / "outbox" / f"{jid}.dsse.json").read_bytes() == env
     assert not list(Path(s.spool).rglob("*.json")) and not list((home / "inbox").glob("*.json"))
+
+
+def test_a_succeeded_job_whose_spool_file_waits_for_the_sync_is_not_queued(tmp_path: Path) -> None:
+    """`jobs cancel` must not take a succeeded job for a queued one while its spool file waits."""
+    from pandacead.cli import _queued_in_scope
+
+    home = make_home(tmp_path / "h")
+    sp, pipe = _pipeline(home)
+    pipe.defer_sync = True
+    try:
+        drop(home, "q.json", job("q"))
+        spooled = sp.claim(home / "inbox", "q.json")
+        assert pipe.process(spooled).status == "succeeded" and spooled.exists()
+        led = ledger(home)
+        try:
+            assert _queued_in_scope(_settings(home), "q", "") is True  # the file alone says queued
+            assert _queued_in_scope(_settings(home), "q", "", led) is False  # the ledger says it ended
+        finally:
+            led.close()
+        pipe.flush_unsynced()
+    finally:
+        sp.release()
