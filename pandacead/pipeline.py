@@ -131,47 +131,54 @@ class _History:
 
     Creating a file is the dearest file operation of a job on ext4 (about as much as writing,
     fsyncing and renaming one, docs/benchmarks.md (a)): the file is created by a background thread
-    while the job trains, the lines are kept in memory and written at most 0.5 s behind (`jobs logs`
-    reads the file while a job runs), and `close` — at the end of training, before anything is
-    published — writes the rest, so a job whose artifact is out has its whole history on file.
+    while the job starts training. Lines written before it exists wait in memory and are written
+    by that thread as soon as it has created the file; later lines go straight to the file, as
+    before (`jobs logs` reads it while a job runs). `close`, at the end of training and before
+    anything is published, waits for the file: a job whose artifact is out has its history on file.
     """
 
     def __init__(self, settings: Any, row_id: int, job: Job, backend: str, plan: PrivacyPlan):
         self.path = history_path(settings, row_id)
         self.lines: list[str] = []
-        self.flushed = time.monotonic()
-        self.opening: Any = _history_pool().submit(self._open)
+        self.fh: Any = None
+        self.lock = threading.Lock()
         meta = {"type": "job", "at": time.time(), "job_id": job.job_id, "account": job.user_id,
                 "dataset": job.dataset, "backend": backend, "epochs": job.epochs, "batch_size": job.batch_size,
                 "learning_rate": job.learning_rate, "model": job.model.type, "hidden": list(job.model.hidden),
                 "epsilon_requested": job.dp.epsilon, "delta": plan.delta, "epsilon_planned": plan.epsilon,
                 "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps}
         self.write(meta)
+        self.opening: Any = _history_pool().submit(self._open)
 
-    def _open(self) -> Any:  # in the history thread
+    def _open(self) -> None:  # in the history thread
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return open(self.path, "a", encoding="utf-8")
+        fh = open(self.path, "a", encoding="utf-8")
+        with self.lock:
+            try:
+                fh.write("".join(self.lines))
+                fh.flush()
+            finally:
+                self.lines = []
+                self.fh = fh
 
     def write(self, record: dict[str, Any]) -> None:
         with contextlib.suppress(OSError, TypeError, ValueError):
-            self.lines.append(json.dumps(record, default=str) + "\n")
-            if time.monotonic() - self.flushed >= 0.5 and self.opening is not None and self.opening.done():
-                self._flush()
-
-    def _flush(self) -> None:
-        self.flushed = time.monotonic()
-        fh = self.opening.result()  # raises what the open raised
-        fh.write("".join(self.lines))
-        fh.flush()
-        self.lines = []
+            line = json.dumps(record, default=str) + "\n"
+            with self.lock:
+                if self.fh is None:
+                    self.lines.append(line)
+                    return
+                self.fh.write(line)
+                self.fh.flush()
 
     def close(self) -> None:
         if self.opening is None:
             return
         with contextlib.suppress(Exception):
-            self._flush()
-        with contextlib.suppress(Exception):
-            self.opening.result().close()
+            self.opening.result()  # raises what the open raised: the history is then lost (best effort)
+        with self.lock, contextlib.suppress(Exception):
+            if self.fh is not None:
+                self.fh.close()
         self.opening = None
 
 
