@@ -224,7 +224,7 @@ def stages(n: int = 150, epochs: int = 2) -> dict[str, Any]:
             tm("budget hooks", pl.check_budget, j, plan)
             if hasattr(pl, "_require_outbox"):
                 tm("outbox usable?", pl._require_outbox, j.job_id)
-            row = tm("reserve (commit 1)", led.reserve, j.job_id, j.user_id, plan, tr.name, owner=f.name, file=f.name)
+            row = tm("reserve (durable commit)", led.reserve, j.job_id, j.user_id, plan, tr.name, owner=f.name, file=f.name)
             res = tm("mock train", pl.train, j, tr, plan, row)
             started = artifacts.utcnow()
             art, data2 = tm("artifact + RFC 8785 hash", _build, j, tr, res, plan)
@@ -232,11 +232,14 @@ def stages(n: int = 150, epochs: int = 2) -> dict[str, Any]:
             tm("publish envelope", artifacts.publish, s.outbox / f"{j.job_id}.dsse.json", env_bytes, sync_dir=False)
             tm("publish artifact", artifacts.publish, s.outbox / f"{j.job_id}.json", data2, sync_dir=False)
             tm("fsync outbox/", artifacts.fsync_dir, s.outbox)
-            if hasattr(pl, "_take_final_progress"):  # the last progress row in the commit's transaction
-                tm("commit (commit 2)", led.commit, j.job_id, res.epsilon, res.delta, row_id=row,
+            if hasattr(pl, "flush_unsynced"):  # #20: the daemon's commit is not fsynced (docs/reliability.md)
+                tm("commit (not fsynced)", led.commit, j.job_id, res.epsilon, res.delta, row_id=row,
+                   progress=pl._take_final_progress(row), durable=False)
+            elif hasattr(pl, "_take_final_progress"):  # the last progress row in the commit's transaction
+                tm("commit (durable)", led.commit, j.job_id, res.epsilon, res.delta, row_id=row,
                    progress=pl._take_final_progress(row))
             else:
-                tm("commit (commit 2)", led.commit, j.job_id, res.epsilon, res.delta, row_id=row)
+                tm("commit (durable)", led.commit, j.job_id, res.epsilon, res.delta, row_id=row)
             if hasattr(pl, "record_final_progress"):
                 tm("last progress row (commit 3)", pl.record_final_progress)
             tm("clean up spool", pl.cleanup, f)

@@ -14,8 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import rfc8785
-
+from pandacead import fastjson
 from pandacead.jobs import ID_PATTERN, Job
 from pandacead.schemas import load_schema
 from pandacead.signing import statement, verify_envelope
@@ -34,7 +33,8 @@ def utcnow() -> str:
 
 
 def canonical(obj: Any) -> bytes:
-    return rfc8785.dumps(obj)
+    """RFC 8785 canonical JSON (`rfc8785.dumps`, byte for byte; pandacead.fastjson)."""
+    return fastjson.canonical(obj)
 
 
 def artifact_hash(artifact: dict[str, Any]) -> str:
@@ -85,7 +85,7 @@ def build_artifact(
 
 
 def artifact_bytes(artifact: dict[str, Any]) -> bytes:
-    return (json.dumps(artifact, indent=2, sort_keys=False) + "\n").encode("utf-8")
+    return (fastjson.pretty(artifact) + "\n").encode("utf-8")  # json.dumps(indent=2), byte for byte
 
 
 def provenance(job: Job, backend: str, result: Any, plan: Any, started: str, finished: str, versions: dict[str, str]) -> dict[str, Any]:

@@ -807,8 +807,10 @@ def _queued(s: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _queued_in_scope(s: Any, job_id: str, scope: str) -> bool:
-    """Is JOB_ID waiting in `scope`'s inbox ('' = the admin's) or in the spool, claimed from it?"""
+def _queued_in_scope(s: Any, job_id: str, scope: str, led: Any = None) -> bool:
+    """Is JOB_ID waiting in `scope`'s inbox ('' = the admin's) or in the spool, claimed from it?
+    With `led`, a spooled file whose job the ledger shows ended is not waiting (the daemon keeps a
+    succeeded job's file until its commit is fsynced, docs/reliability.md 2a)."""
     from pandacead.accounts import buyer_inboxes
     from pandacead.spool import original_name, scan, spooled_account
 
@@ -821,7 +823,9 @@ def _queued_in_scope(s: Any, job_id: str, scope: str) -> bool:
                 for p in d.iterdir():
                     if (not p.name.startswith(".") and original_name(p)[:-5] == job_id
                             and (spooled_account(p) or "") == scope):
-                        return True
+                        row = led.job_by_file(p.name) if led is not None else None
+                        if row is None or row["status"] in ("queued", "running"):
+                            return True
     return False
 
 
@@ -1133,7 +1137,7 @@ def jobs_cancel(job_id: str, home: str | None, wait_s: float, account: str | Non
     from pandacead.pipeline import cancel_path
 
     row, _ = _job_rows(s, led, job_id, scope=scope)
-    queued = _queued_in_scope(s, job_id, scope)
+    queued = _queued_in_scope(s, job_id, scope, led)
     if row is not None and row["status"] != "running" and not queued:
         raise click.ClickException(f"Job {job_id} already {row['status']}; there is nothing to cancel.")
     if row is None and not queued:

@@ -3,7 +3,9 @@
 `PANDACEAD_CRASH_AT=<point>` makes the process SIGKILL itself when it reaches
 <point> (as a power cut or `kill -9` would). Points: claimed, parsed, planned,
 reserved, trained, envelope_published, artifact_published, committed,
-error_recorded, error_published. Unset in production: one dict lookup each.
+settled (a job ended; its success commit may not be durable yet), synced (the
+daemon fsynced the ledger's WAL, before removing the spool files it made
+durable), error_recorded, error_published. Unset in production: one dict lookup each.
 
 `PANDACEAD_FAIL_AT=<point>:<ERRNO>[,<point>:<ERRNO>...]` makes the operation at
 <point> raise OSError(ERRNO) instead (e.g. `publish_artifact:ENOSPC`), for
@@ -20,7 +22,7 @@ import signal
 
 POINTS = (
     "claimed", "parsed", "planned", "reserved", "trained", "envelope_published",
-    "artifact_published", "committed", "error_recorded", "error_published",
+    "artifact_published", "committed", "settled", "synced", "error_recorded", "error_published",
 )
 
 FAIL_POINTS = ("publish_envelope", "publish_artifact", "sync_outbox", "publish_error", "commit")

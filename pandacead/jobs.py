@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -72,9 +73,21 @@ class Job:
     defaulted: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["model"]["hidden"] = list(self.model.hidden)
-        d["model"]["channels"] = list(self.model.channels)
+        """`dataclasses.asdict`, with the model's tuples as lists; built field by field (asdict's
+        generic recursion and deep copies cost more than the rest of parsing a job)."""
+        d: dict[str, Any] = {}
+        for name in _JOB_FIELDS:
+            v = getattr(self, name)
+            if v is None or type(v) in _SCALARS:
+                d[name] = v
+            elif name == "dp" and type(v) is DPParams:
+                d[name] = {k: getattr(v, k) for k in _DP_FIELDS}
+            elif name == "model" and type(v) is ModelSpec:
+                d[name] = {"type": v.type, "hidden": list(v.hidden), "channels": list(v.channels), "kernel": v.kernel}
+            elif type(v) is tuple and all(type(x) in _SCALARS for x in v):
+                d[name] = tuple(v)
+            else:  # anything else (the search's dict): what asdict makes of it
+                d[name] = asdict(v) if is_dataclass(v) and not isinstance(v, type) else copy.deepcopy(v)
         return d
 
     @classmethod
@@ -88,6 +101,12 @@ class Job:
         d["model"] = ModelSpec(**m)
         d["defaulted"] = tuple(d.get("defaulted", ()))
         return cls(**d)
+
+
+_JOB_FIELDS = tuple(f.name for f in fields(Job))
+_DP_FIELDS = tuple(f.name for f in fields(DPParams))
+_SCALARS = (str, int, float, bool)
+assert all(f.type in ("str", "int", "float", "bool", "str | None", "float | None") for f in fields(DPParams))
 
 
 class _BadJSON(ValueError):
@@ -374,6 +393,37 @@ def parse_job(data: bytes, *, default_user: str | None = None) -> Job:
     return job
 
 
+_JSON_INT_MAX = 2**53 - 1  # rfc8785's integer domain
+
+
+def _plainly_carried(v: Any) -> bool:
+    """True only for a value RFC 8785 surely carries: JSON types, integers within ±(2^53 − 1),
+    finite floats, strings that encode to UTF-8, string keys. False sends it to rfc8785 itself, which
+    decides (and explains)."""
+    t = type(v)
+    if v is None or t is bool:
+        return True
+    if t is str:
+        return v.isascii() or _utf8(v)
+    if t is int:
+        return -_JSON_INT_MAX <= v <= _JSON_INT_MAX
+    if t is float:
+        return math.isfinite(v)
+    if t is dict:
+        return all(type(k) is str and (k.isascii() or _utf8(k)) and _plainly_carried(x) for k, x in v.items())
+    if t is list or t is tuple:
+        return all(_plainly_carried(x) for x in v)
+    return False
+
+
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_carried(job: Job) -> None:
     """Refuse, before planning, a job the artifact's canonical JSON (RFC 8785) could not carry.
 
@@ -381,10 +431,13 @@ def _check_carried(job: Job) -> None:
     number holds exactly); this catches whatever a future field lets through,
     instead of failing at hashing after the data was touched.
     """
+    d = job.to_dict()
+    if _plainly_carried(d):
+        return
     import rfc8785
 
     try:
-        rfc8785.dumps(job.to_dict())
+        rfc8785.dumps(d)
     except Exception as exc:
         raise JobRejected(
             f"The job holds a value its signed artifact could not carry ({exc}).",

@@ -208,4 +208,11 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(levelno)
     logging.captureWarnings(True)
+    # No formatter here prints the caller's file and line, the thread or the process: do not
+    # compute them for every record (a stack walk and two lookups each; the logging HOWTO's
+    # "Optimization" section). A daemon writes about ten lines per job.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     return handler

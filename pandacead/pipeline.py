@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pandacead import __version__, faults
+from pandacead import __version__, fastjson, faults
 from pandacead.artifacts import (
     ENVELOPE_SUFFIX,
     ERROR_SUFFIX,
@@ -63,7 +63,7 @@ from pandacead.artifacts import (
 from pandacead.errors import Diverged, HandedBack, JobError, JobFailed, JobRejected
 from pandacead.jobs import Job, job_id_hint, parse_job, parse_json
 from pandacead.ledger import SLACK, Ledger
-from pandacead.signing import envelope, envelope_payload, statement
+from pandacead.signing import envelope, envelope_payload, statement, statement_bytes
 from pandacead.spool import Oversized, SpecialFile, original_name, read_job_file, spooled_account
 from pandacead.trainers import PrivacyPlan, TrainerContext, TrainResult, may_train_on, noise_seed
 
@@ -127,22 +127,75 @@ def history_path(settings: Any, row_id: int) -> Path:
 
 
 class _History:
-    """Appends a job's progress to its history file; best effort (no fsync: it is a view, not a record)."""
+    """Appends a job's progress to its history file; best effort (no fsync: it is a view, not a record).
+
+    Creating a file is the dearest file operation of a job on ext4 (about as much as writing,
+    fsyncing and renaming one, docs/benchmarks.md (a)): the file is created by a background thread
+    while the job starts training. Lines written before it exists wait in memory and are written
+    by that thread as soon as it has created the file; later lines go straight to the file, as
+    before (`jobs logs` reads it while a job runs). `close`, at the end of training and before
+    anything is published, waits for the file: a job whose artifact is out has its history on file.
+    """
 
     def __init__(self, settings: Any, row_id: int, job: Job, backend: str, plan: PrivacyPlan):
         self.path = history_path(settings, row_id)
+        self.lines: list[str] = []
+        self.fh: Any = None
+        self.lock = threading.Lock()
         meta = {"type": "job", "at": time.time(), "job_id": job.job_id, "account": job.user_id,
                 "dataset": job.dataset, "backend": backend, "epochs": job.epochs, "batch_size": job.batch_size,
                 "learning_rate": job.learning_rate, "model": job.model.type, "hidden": list(job.model.hidden),
                 "epsilon_requested": job.dp.epsilon, "delta": plan.delta, "epsilon_planned": plan.epsilon,
                 "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps}
         self.write(meta)
+        self.opening: Any = _history_pool().submit(self._open)
+
+    def _open(self) -> None:  # in the history thread
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fh = open(self.path, "a", encoding="utf-8")
+        with self.lock:
+            try:
+                fh.write("".join(self.lines))
+                fh.flush()
+            finally:
+                self.lines = []
+                self.fh = fh
 
     def write(self, record: dict[str, Any]) -> None:
         with contextlib.suppress(OSError, TypeError, ValueError):
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record, default=str) + "\n")
+            line = json.dumps(record, default=str) + "\n"
+            with self.lock:
+                if self.fh is None:
+                    self.lines.append(line)
+                    return
+                self.fh.write(line)
+                self.fh.flush()
+
+    def close(self) -> None:
+        if self.opening is None:
+            return
+        with contextlib.suppress(Exception):
+            self.opening.result()  # raises what the open raised: the history is then lost (best effort)
+        with self.lock, contextlib.suppress(Exception):
+            if self.fh is not None:
+                self.fh.close()
+        self.opening = None
+
+
+_HISTORY_POOL: Any = None
+_HISTORY_POOL_LOCK = threading.Lock()
+
+
+def _history_pool() -> Any:
+    """One thread that creates history files (module-wide, started at the first job)."""
+    global _HISTORY_POOL
+    if _HISTORY_POOL is None:
+        with _HISTORY_POOL_LOCK:
+            if _HISTORY_POOL is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                _HISTORY_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
+    return _HISTORY_POOL
 
 
 @dataclass
@@ -182,6 +235,16 @@ class Pipeline:
         self.noise_key = noise_key
         self._local = threading.local()
         self.versions = {"pandacead": __version__, "python": platform.python_version()}
+        # One durable commit per job (docs/reliability.md): with `defer_sync` (the daemon sets it) the
+        # success commit is not fsynced, and the job's spool file — what recovery keys on — is kept
+        # until a later durable transaction (the next reservation) or `flush_unsynced` has fsynced
+        # the WAL. Entries: (sequence number, spool file), in commit order.
+        self.defer_sync = False
+        self._cancel_dir: tuple[Any, dict[str, Any] | None, str] | None = None
+        self._unsynced: list[tuple[int, Path]] = []
+        self._unsynced_seq = 0
+        self._unsynced_lock = threading.Lock()
+        self._unsynced_at = 0.0
 
     # -- plumbing -------------------------------------------------------------
 
@@ -253,7 +316,15 @@ class Pipeline:
         """Is there a cancel request for `job_id` in `scope` (default: the scope of the file this thread processes)?"""
         if scope is None:
             scope = getattr(self._local, "scope", "")
-        return os.path.lexists(cancel_path(self.settings, job_id, scope))
+        # `cancel_path` as a string, its directory computed once per settings (checked at every progress report).
+        settings = self.settings
+        paths = getattr(settings, "data", {}).get("paths")
+        cached = getattr(self, "_cancel_dir", None)
+        if cached is None or cached[0] is not settings or cached[1] != paths:
+            cached = (settings, dict(paths) if paths is not None else None, str(Path(settings.state) / CANCEL_DIR))
+            if paths is not None:  # (settings without `data`: nothing to key a cache on)
+                self._cancel_dir = cached
+        return os.path.lexists(f"{cached[2]}/@{scope}/{job_id}" if scope else f"{cached[2]}/{job_id}")
 
     def _refuse_if_cancelled(self, job: Job) -> None:
         if self.cancel_requested(job.job_id):
@@ -293,6 +364,59 @@ class Pipeline:
         finally:
             done.set()
             t.join(timeout=5)
+
+    # -- one durable commit per job ---------------------------------------------
+
+    def _sync_mark(self) -> int:
+        """Taken before a durable ledger transaction: the spool files committed so far."""
+        return self._unsynced_seq
+
+    def _synced(self, mark: int) -> None:
+        """A durable transaction that began after `mark` has committed: the WAL up to it is on the disk,
+        with every success commit recorded before `mark`; their spool files may go."""
+        if not self._unsynced or self._unsynced[0][0] > mark:
+            return
+        with self._unsynced_lock:
+            done = [p for seq, p in self._unsynced if seq <= mark]
+            self._unsynced = [(seq, p) for seq, p in self._unsynced if seq > mark]
+        for spooled in done:
+            try:
+                self.cleanup(spooled)
+            except OSError as exc:  # it stays spooled: the next start finds it succeeded and removes it
+                log.warning("could not remove the settled job file %s: %s", spooled.name, exc)
+
+    def _keep_until_synced(self, spooled: Path) -> None:
+        with self._unsynced_lock:
+            self._unsynced_seq += 1
+            self._unsynced.append((self._unsynced_seq, spooled))
+            if len(self._unsynced) == 1:
+                self._unsynced_at = time.monotonic()
+
+    def unsynced_since(self, older_than: float) -> float | None:
+        """When the oldest success commit not yet durable was made (time.monotonic()), if it is
+        more than `older_than` seconds old; else None."""
+        if not self._unsynced:
+            return None
+        at = self._unsynced_at
+        return at if time.monotonic() - at >= older_than else None
+
+    def flush_unsynced(self) -> int:
+        """Make the success commits not yet durable durable (one fsync of the ledger's WAL) and remove
+        their spool files; the daemon calls it when it has nothing in flight, and at shutdown.
+        Returns how many files it settled."""
+        if not self._unsynced:
+            return 0
+        mark = self._sync_mark()
+        n = len(self._unsynced)
+        try:
+            self.ledger().sync()
+        except OSError as exc:
+            log.error("the ledger %s could not be synced (%s); %d settled job file(s) stay spooled",
+                      self.settings.ledger_path, exc, n)
+            return 0
+        faults.point("synced")
+        self._synced(mark)
+        return n
 
     # -- stages ---------------------------------------------------------------
 
@@ -518,6 +642,8 @@ class Pipeline:
                 # data is unknown, so it counts as read (fail closed).
                 self._local.touched = True
             raise
+        finally:
+            history_file.close()
         if not (isinstance(result.epsilon, (int, float)) and math.isfinite(result.epsilon) and result.epsilon > 0):
             raise JobFailed(f"Backend {trainer.name} reported an unusable ε ({result.epsilon!r}).")
         if result.epsilon > plan.epsilon * (1 + SLACK) or result.delta > plan.delta * (1 + SLACK):
@@ -538,6 +664,24 @@ class Pipeline:
         except (TypeError, ValueError):
             return None
         return dict(final[1])
+
+    def _progress_from_history(self, row_id: int) -> dict[str, Any] | None:
+        """The last progress row a finished job's commit would have written, rebuilt from its history
+        file (state/history/<row>.jsonl) for a job recovered from its artifact; None if that file lacks
+        the final epoch (it is a best-effort view, not a record)."""
+        try:
+            lines = history_path(self.settings, row_id).read_text(encoding="utf-8").splitlines()
+            records = [r for r in map(json.loads, lines) if isinstance(r, dict)]
+        except (OSError, ValueError):
+            return None
+        starts = [i for i, r in enumerate(records) if r.get("type") == "job"]  # one per attempt: the last one's
+        records = records[starts[-1] + 1:] if starts else records
+        epochs = [r for r in records if r.get("type") == "progress" and r.get("epoch") is not None]
+        if not epochs or epochs[-1].get("epoch") != epochs[-1].get("epochs"):
+            return None
+        keys = ("epoch", "loss", "epsilon", "epsilon_exact", "steps")
+        last = {k: v for k, v in epochs[-1].items() if k not in ("type", "at")}
+        return {**last, "history": [{k: r.get(k) for k in keys if k in r} for r in epochs]}
 
     def record_final_progress(self) -> None:
         """Write the last epoch's progress row of the job this thread trained, if it reported one."""
@@ -610,14 +754,15 @@ class Pipeline:
                 )
 
     def sign(self, stmt: dict[str, Any]) -> dict[str, Any]:
-        payload = envelope_payload(stmt)
+        body = statement_bytes(stmt)  # serialised once, for the signature and the envelope
+        payload = envelope_payload(stmt, body)
         try:
             sigs = [s for s in self.plugins.hook.pandacead_sign_artifact(payload=payload) if s]
         except Exception as exc:
             raise JobFailed(f"Signing the artifact failed: {type(exc).__name__}: {exc}.") from None
         if not sigs:
             raise JobFailed("No signer is configured; an unsigned artifact is never published.")
-        return envelope(stmt, sigs)
+        return envelope(stmt, sigs, body)
 
     def publish_success(
         self, job: Job, trainer: Any, plan: PrivacyPlan, result: TrainResult, started: str, scope: str = ""
@@ -629,7 +774,7 @@ class Pipeline:
         name = f"{job.job_id}.json"
         pred = provenance(job, trainer.name, result, plan, started, art["created_at"], self.versions)
         env = self.sign(statement(name, data, pred))
-        env_bytes = (json.dumps(env, indent=2) + "\n").encode("utf-8")
+        env_bytes = (fastjson.pretty(env) + "\n").encode("utf-8")  # json.dumps(indent=2), byte for byte
         self._check_no_digest(job, data, env_bytes, result.model)
         env_path = outbox / f"{job.job_id}{ENVELOPE_SUFFIX}"
         # The envelope goes first: whoever sees <job_id>.json finds its signature beside it.
@@ -720,6 +865,7 @@ class Pipeline:
             return Outcome(prior["job_id"], prior["status"], prior["user_id"], prior["backend"],
                            error=prior["error"], details=prior.get("details"))
         if prior is not None and prior["status"] == "succeeded":
+            led.sync()  # a success commit may not be durable yet (a crash, not a power cut, came after it)
             self.cleanup(spooled)
             return Outcome(prior["job_id"], "succeeded", prior["user_id"], prior["backend"], prior["epsilon"])
 
@@ -750,9 +896,11 @@ class Pipeline:
                 check_admission(self.settings, job, trainer.name, plan)
             self._refuse_if_cancelled(job)  # cancelled while it was planned: still nothing touched
             self._require_outbox(job.job_id)
+            mark = self._sync_mark()
             row_id = led.reserve(job.job_id, job.user_id, plan, trainer.name, owner=fname, file=fname,
                                  dataset=job.dataset, scope=scope, create_account=not scope,
                                  public=getattr(self.ctx.datasets.get(job.dataset), "public", None))
+            self._synced(mark)  # the reservation's fsync made earlier success commits durable
             faults.point("reserved")
             log.info(
                 "job %s reserved ε=%.6g δ=%.3g on %s (σ=%s, q=%s, steps=%s)", job.job_id, plan.epsilon,
@@ -795,7 +943,7 @@ class Pipeline:
             path = self.publish_success(job, trainer, plan, result, started, _scope(spooled))
             log.info("job %s published %s", job.job_id, path.name, extra=extra)
             self._commit(job, result.epsilon, result.delta, row_id, _scope(spooled),
-                         progress=self._take_final_progress(row_id))
+                         progress=self._take_final_progress(row_id), durable=not self.defer_sync)
         except Deferred as exc:
             self._note_waiting(job, row_id, exc.reason)
             raise
@@ -804,11 +952,17 @@ class Pipeline:
                  job.user_id, extra=extra)
         self.record_final_progress()
         self.drop_checkpoints(job.job_id)
-        self.cleanup(spooled)
+        if self.defer_sync:
+            # Until the WAL is fsynced a power cut may lose the commit: the spool file stays, so that
+            # the next start finds the job reserved with its artifact out and commits it (`_resume`).
+            self._keep_until_synced(spooled)
+        else:
+            self.cleanup(spooled)
         with contextlib.suppress(OSError):  # a cancel request that came too late
             os.unlink(cancel_path(self.settings, job.job_id, _scope(spooled)))
         out = Outcome(job.job_id, "succeeded", job.user_id, trainer.name, result.epsilon, artifact=path)
         self._notify(job, out)
+        faults.point("settled")
         return out
 
     def _note_waiting(self, job: Job, row_id: int, why: str) -> None:
@@ -817,13 +971,14 @@ class Pipeline:
             self.ledger().job_event(job.job_id, "running", row_id=row_id, error=f"waiting: {why}")
 
     def _commit(self, job: Job, epsilon: float, delta: float, row_id: int, scope: str = "",
-                progress: dict[str, Any] | None = None) -> None:
+                progress: dict[str, Any] | None = None, durable: bool = True) -> None:
         """Charge a published job (and write its last progress row in the same transaction). Its
         artifact is out: a failure here must never turn into a release, so it defers (the next
         attempt finds the artifact and commits it)."""
         try:
             faults.fail("commit")
-            self.ledger().commit(job.job_id, epsilon, delta, row_id=row_id, scope=scope, progress=progress)
+            self.ledger().commit(job.job_id, epsilon, delta, row_id=row_id, scope=scope, progress=progress,
+                                 durable=durable)
         except Exception as exc:
             reason = f"its spend could not be recorded ({type(exc).__name__}: {exc})"
             raise Deferred(
@@ -841,7 +996,7 @@ class Pipeline:
         if spend is None or spend["owner"] != spooled.name:
             raise JobFailed(f"Job {job.job_id} lost its reservation during a crash; it was not run.")
         if spend["state"] == "committed":
-            led.job_event(job.job_id, "succeeded", row_id=row_id, epsilon=spend["epsilon"])
+            led.job_event(job.job_id, "succeeded", row_id=row_id, epsilon=spend["epsilon"])  # durable
             self.drop_checkpoints(job.job_id)
             self.cleanup(spooled)
             return Outcome(job.job_id, "succeeded", job.user_id, spend["backend"], spend["epsilon"])
@@ -852,7 +1007,9 @@ class Pipeline:
             art = json.loads(art_path.read_bytes())
             if art.get("user_id") == job.user_id and art.get("job_id") == job.job_id:
                 log.info("job %s recovered: its artifact was published before a crash", job.job_id, extra=extra)
-                self._commit(job, float(art["epsilon"]), float(art["dp"]["delta"]), row_id, scope)
+                # Durable (this path is rare), with the last progress row from the job's history file.
+                self._commit(job, float(art["epsilon"]), float(art["dp"]["delta"]), row_id, scope,
+                             progress=self._progress_from_history(row_id))
                 self.drop_checkpoints(job.job_id)
                 self.cleanup(spooled)
                 out = Outcome(job.job_id, "succeeded", job.user_id, spend["backend"], art["epsilon"], artifact=art_path)

@@ -126,8 +126,15 @@ def statement(subject_name: str, subject_bytes: bytes, predicate: dict[str, Any]
     }
 
 
-def envelope(stmt: dict[str, Any], signatures: list[dict[str, str]]) -> dict[str, Any]:
-    payload = json.dumps(stmt, sort_keys=True, separators=(",", ":")).encode("utf-8")
+def statement_bytes(stmt: dict[str, Any]) -> bytes:
+    """The envelope's payload: the statement as compact JSON, keys sorted."""
+    return json.dumps(stmt, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def envelope(stmt: dict[str, Any], signatures: list[dict[str, str]], payload: bytes | None = None) -> dict[str, Any]:
+    """The DSSE envelope; `payload`: `statement_bytes(stmt)` when the caller has it already."""
+    if payload is None:
+        payload = statement_bytes(stmt)
     return {
         "payloadType": PAYLOAD_TYPE,
         "payload": base64.b64encode(payload).decode("ascii"),
@@ -135,10 +142,9 @@ def envelope(stmt: dict[str, Any], signatures: list[dict[str, str]]) -> dict[str
     }
 
 
-def envelope_payload(stmt: dict[str, Any]) -> bytes:
+def envelope_payload(stmt: dict[str, Any], payload: bytes | None = None) -> bytes:
     """The PAE bytes signers sign for `stmt` (same serialisation as `envelope`)."""
-    payload = json.dumps(stmt, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    return pae(PAYLOAD_TYPE, payload)
+    return pae(PAYLOAD_TYPE, statement_bytes(stmt) if payload is None else payload)
 
 
 def verify_envelope(env: Any, keys: dict[str, Ed25519PublicKey]) -> tuple[dict[str, Any] | None, list[str]]:

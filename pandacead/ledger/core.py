@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -431,27 +432,53 @@ class Ledger:
     # -- transactions --------------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE: take the write lock before reading what we decide on."""
+    def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: take the write lock before reading what we decide on.
+
+        `durable=False` commits under `synchronous = NORMAL` (this transaction only): the WAL is
+        written but not fsynced, so the transaction survives a crash of the process but not a power
+        cut until the next durable commit (any connection's) or `sync()` fsyncs the WAL. Only the
+        success commit uses it (docs/reliability.md, "One durable commit per job")."""
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self._writing = True
+        if not durable:
+            self.conn.execute("PRAGMA synchronous = NORMAL")
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+            while True:
+                try:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            self._writing = True
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
+            finally:
+                self._writing = False
         finally:
-            self._writing = False
+            if not durable:
+                self.conn.execute("PRAGMA synchronous = FULL")
+
+    def sync(self) -> None:
+        """Make every transaction committed so far durable: fsync the WAL (what a durable commit does).
+
+        In WAL mode a commit under `synchronous = NORMAL` is in the WAL file, not yet on the disk;
+        checkpoints sync the WAL before copying it and the database after, so once the WAL is
+        fsynced every earlier commit survives a power cut. No WAL file: nothing is pending."""
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _audit(
         self,
@@ -624,7 +651,9 @@ class Ledger:
                 " delta_reserved = delta_reserved + ?, updated_at = ? WHERE user_id = ?",
                 (eps, delta, now(), user_id),
             )
-            after = self._user_row(user_id)
+            # The row as the UPDATE left it (the same float additions), without reading it back.
+            after = {**user, "epsilon_reserved": user["epsilon_reserved"] + eps,
+                     "delta_reserved": user["delta_reserved"] + delta}
             self._audit(
                 "reserved", user_id, job_id, _budget_fields(user), _budget_fields(after),
                 {"epsilon": eps, "delta": delta, "backend": backend, "dataset": dataset, "scope": scope},
@@ -873,9 +902,11 @@ class Ledger:
         row = cur.fetchone()
         return None if row is None else dict(zip([c[0] for c in cur.description], row))
 
-    def _dataset_view(self, policy: DatasetPolicy) -> dict[str, Any]:
-        """The dataset as admission sees it, without writing: the ledger's row brought up to the config."""
-        row = self._dataset_row(policy.dataset)
+    def _dataset_view(self, policy: DatasetPolicy, row: Any = False) -> dict[str, Any]:
+        """The dataset as admission sees it, without writing: the ledger's row brought up to the config.
+        `row`: the ledger's row (or None) when the caller has just read it."""
+        if row is False:
+            row = self._dataset_row(policy.dataset)
         eps, delta = effective_budget(row, policy)
         return {
             "dataset": policy.dataset, "owner": policy.owner if policy.owner is not None else (row or {}).get("owner"),
@@ -887,7 +918,7 @@ class Ledger:
     def _sync_dataset(self, policy: DatasetPolicy) -> dict[str, Any]:
         """Inside a transaction: the dataset's row, created or brought up to the configuration (audited)."""
         row = self._dataset_row(policy.dataset)
-        view = self._dataset_view(policy)
+        view = self._dataset_view(policy, row)
         ts = now()
         fields = {k: view[k] for k in ("owner", "epsilon_budget", "delta_budget")}
         if row is None:
@@ -1068,14 +1099,16 @@ class Ledger:
 
     def commit(
         self, job_id: str, epsilon: float, delta: float, row_id: int | None = None, scope: str = "",
-        progress: dict[str, Any] | None = None,
+        progress: dict[str, Any] | None = None, *, durable: bool = True,
     ) -> None:
         """Charge the actual spend (never above the reservation) and free the rest.
 
         `progress`: the job's last progress report (`jobs show`), written to its status row in
-        the same transaction, so a finished job costs one durable commit after training, not two."""
+        the same transaction, so a finished job costs one commit after training, not two.
+        `durable=False`: the commit is not fsynced (see `transaction`); the caller keeps whatever
+        depends on it (the spool file) until the next durable commit or `sync()`."""
         progress_json = None if progress is None else json.dumps(progress)  # raises before the transaction
-        with self.transaction() as conn:
+        with self.transaction(durable) as conn:
             if row_id is not None and progress_json is not None:
                 conn.execute(
                     "UPDATE jobs SET status = 'succeeded', epsilon = ?, delta = ?, progress = ?, updated_at = ?"
@@ -1105,20 +1138,31 @@ class Ledger:
             uid = row["user_id"]
             before = self._user_row(uid)
             ts = now()
+            # One UPDATE with `_zero_dust`'s rounding folded in; `after` is what it leaves (the same
+            # float operations), not read back.
             conn.execute(
-                "UPDATE users SET epsilon_reserved = epsilon_reserved - ?, delta_reserved = delta_reserved - ?,"
+                "UPDATE users SET"
+                " epsilon_reserved = CASE WHEN abs(epsilon_reserved - ?) < 1e-12 THEN 0 ELSE epsilon_reserved - ? END,"
+                " delta_reserved = CASE WHEN abs(delta_reserved - ?) < 1e-18 THEN 0 ELSE delta_reserved - ? END,"
                 " epsilon_spent = epsilon_spent + ?, delta_spent = delta_spent + ?, updated_at = ?"
                 " WHERE user_id = ?",
-                (row["epsilon_reserved"], row["delta_reserved"], epsilon, delta, ts, uid),
+                (row["epsilon_reserved"], row["epsilon_reserved"], row["delta_reserved"], row["delta_reserved"],
+                 epsilon, delta, ts, uid),
             )
-            _zero_dust(conn, uid)
+            after = None
+            if before is not None:
+                e_res = before["epsilon_reserved"] - row["epsilon_reserved"]
+                d_res = before["delta_reserved"] - row["delta_reserved"]
+                after = {**before, "epsilon_reserved": 0.0 if abs(e_res) < 1e-12 else e_res,
+                         "delta_reserved": 0.0 if abs(d_res) < 1e-18 else d_res,
+                         "epsilon_spent": before["epsilon_spent"] + epsilon, "delta_spent": before["delta_spent"] + delta}
             conn.execute(
                 "UPDATE spends SET state = 'committed', epsilon = ?, delta = ?, settled_at = ?"
                 " WHERE scope = ? AND job_id = ?",
                 (epsilon, delta, ts, scope, job_id),
             )
             self._audit(
-                "committed", uid, job_id, _budget_fields(before), _budget_fields(self._user_row(uid)),
+                "committed", uid, job_id, _budget_fields(before), _budget_fields(after),
                 {"epsilon": epsilon, "delta": delta},
             )
             self._advance(uid, row["dataset"])
