@@ -145,10 +145,7 @@ def _pretty(o: Any, out: list[str], nl: str) -> None:
             out.append(sep)
             out.append(encode_basestring_ascii(k))
             out.append(": ")
-            if type(v) is dict or type(v) is list or type(v) is tuple:
-                _pretty(v, out, inner)
-            else:
-                out.append(_leaf(v))
+            _pretty(v, out, inner)
             sep = "," + inner
         out.append(nl + "}")
     elif t is list or t is tuple:
@@ -159,10 +156,7 @@ def _pretty(o: Any, out: list[str], nl: str) -> None:
         sep = "[" + inner
         for v in o:
             out.append(sep)
-            if type(v) is dict or type(v) is list or type(v) is tuple:
-                _pretty(v, out, inner)
-            else:
-                out.append(_leaf(v))
+            _pretty(v, out, inner)
             sep = "," + inner
         out.append(nl + "]")
     else:

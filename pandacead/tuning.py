@@ -37,8 +37,9 @@ Pure Python and `math` only (the daemon and the CLI may import it).
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
@@ -155,24 +156,33 @@ def gaussian_rdp(noise_multiplier: float, order: float) -> float:
     return float(order) / (2 * noise_multiplier**2)
 
 
-def _pmf_by_shape(k: int, mean: float, shape: float) -> float:
-    """P[K = k] for the law of shape η (∞: Poisson, which has K = 0 too)."""
+def _law(mean: float, shape: float) -> Callable[[int], float]:
+    """k ↦ P[K = k] for the law of shape η (∞: Poisson, which has K = 0 too).
+
+    γ (a bisection) and the normaliser are computed once per law, not once per k."""
     if math.isinf(shape):
-        return math.exp(-mean + k * math.log(mean) - math.lgamma(k + 1)) if k >= 0 else 0.0
-    if k < 1:
-        return 0.0
+        log_mean = math.log(mean)
+        return lambda k: math.exp(-mean + k * log_mean - math.lgamma(k + 1)) if k >= 0 else 0.0
     gamma = tnb_gamma(shape, mean)
     if gamma >= 1:  # the geometric law of mean 1: K = 1 always
-        return 1.0 if k == 1 else 0.0
+        return lambda k: 1.0 if k == 1 else 0.0
     # In log space, with a normaliser that stays accurate as γ → 1 (a mean near 1) and for a tiny
     # η: log(1/γ) and γ^{−η} − 1 cancel catastrophically there (a relative error of 1e-7 at
     # mean 1), and that error is common to every k, so it went straight into Z = P[K ≤ M].
     neg_log_gamma = -math.log(gamma)
+    log1m_gamma = math.log1p(-gamma)
     if shape == 0:  # (1−γ)^k / (k · log(1/γ))
-        return math.exp(k * math.log1p(-gamma) - math.log(k) - math.log(neg_log_gamma))
+        log_nlg = math.log(neg_log_gamma)
+        return lambda k: math.exp(k * log1m_gamma - math.log(k) - log_nlg) if k >= 1 else 0.0
     # (1−γ)^k Γ(k+η) / (Γ(η) k! (γ^{−η} − 1)), with Γ(η)(γ^{−η} − 1) = Γ(η+1) log(1/γ) (e^x − 1)/x, x = η log(1/γ)
     log_norm = math.lgamma(shape + 1) + math.log(neg_log_gamma) + math.log(_expm1_over_x(shape * neg_log_gamma))
-    return math.exp(k * math.log1p(-gamma) + math.lgamma(k + shape) - math.lgamma(k + 1) - log_norm)
+    return lambda k: (math.exp(k * log1m_gamma + math.lgamma(k + shape) - math.lgamma(k + 1) - log_norm)
+                      if k >= 1 else 0.0)
+
+
+def _pmf_by_shape(k: int, mean: float, shape: float) -> float:
+    """P[K = k] for the law of shape η (∞: Poisson, which has K = 0 too)."""
+    return _law(mean, shape)(k)
 
 
 def truncation_penalty(mean: float, shape: float, max_count: int) -> dict[str, float]:
@@ -184,10 +194,17 @@ def truncation_penalty(mean: float, shape: float, max_count: int) -> dict[str, f
     the kept mass (not as 1 minus a tail), rounded down by a relative 1e-12 so
     that float error cannot make the penalty smaller.
     """
-    m = int(max_count)
+    return dict(_truncation_penalty(float(mean), float(shape), int(max_count)))
+
+
+@functools.lru_cache(maxsize=256)
+def _truncation_penalty(mean: float, shape: float, m: int) -> tuple[tuple[str, float], ...]:
+    """`truncation_penalty`, cached: a pure function of the law and the cap, asked for once per
+    step of σ's calibration (an O(M) sum each time)."""
     if m < 1:
-        raise ValueError(f"the cap on the number of candidates {max_count!r} must be >= 1")
-    pmf = [_pmf_by_shape(k, mean, shape) for k in range(0, m + 1)]
+        raise ValueError(f"the cap on the number of candidates {m!r} must be >= 1")
+    law = _law(mean, shape)
+    pmf = [law(k) for k in range(0, m + 1)]
     z = min(1.0, math.fsum(pmf) * (1 - 1e-12))
     kept_mean = math.fsum(k * p for k, p in enumerate(pmf)) * (1 - 1e-12)
     # E[K] of the law actually sampled (its γ is the bisection's lower end: a mean >= the nominal).
@@ -195,8 +212,8 @@ def truncation_penalty(mean: float, shape: float, max_count: int) -> dict[str, f
     one_minus_s = min(1.0, kept_mean / full_mean)
     if not (z > 0 and one_minus_s > 0):
         raise ValueError(f"a cap of {m} candidates keeps no usable mass of the law (mean {mean:g})")
-    return {"max_count": m, "z": z, "s": 1 - one_minus_s,
-            "log_inv_z": -math.log(z), "log_inv_one_minus_s": -math.log(one_minus_s)}
+    return tuple({"max_count": m, "z": z, "s": 1 - one_minus_s,
+                  "log_inv_z": -math.log(z), "log_inv_one_minus_s": -math.log(one_minus_s)}.items())
 
 
 def repeat_and_select(curve: Mapping[float, float], mean: float, shape: float,
@@ -275,11 +292,12 @@ def sample_count(uniform: float, distribution: str, mean: float, shape: float | 
     eta = distribution_shape(distribution, shape)
     lo = 0 if math.isinf(eta) else 1
     cap = 100_000 if max_count is None else int(max_count)
+    law = _law(mean, eta)
     if max_count is not None:
-        uniform *= math.fsum(_pmf_by_shape(j, mean, eta) for j in range(0, cap + 1))
+        uniform *= math.fsum(law(j) for j in range(0, cap + 1))
     cdf = 0.0
     for k in range(lo, cap + 1):
-        cdf += _pmf_by_shape(k, mean, eta)
+        cdf += law(k)
         if uniform < cdf:
             return k
     return cap
