@@ -129,6 +129,81 @@ def _schedule(observer: Any, handler: Any, path: Path) -> None:
     observer.schedule(handler, str(path), recursive=False)
 
 
+class _InboxWatch:
+    """The inbox watch: watchdog's inotify wrapper (`InotifyFD`), read by one thread of ours.
+
+    watchdog's `Observer` runs three threads per watch on Linux (the inotify reader, the emitter
+    that pairs renames, the dispatcher): every kernel event crossed three thread hand-offs, each
+    needing the GIL the job thread holds, before it woke the loop (0.8 ms from a drop to the
+    loop's wake-up, and about 0.7 ms of CPU per job, docs/benchmarks.md (a), round five). Here one
+    thread blocks in watchdog's `read_events` and turns each event into a nudge (`_Events.note`).
+    The kernel is asked for files closed after writing, created, or renamed into a watched
+    directory (IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_TO): a claim (a rename out) or a removal
+    wakes nobody. Events are only nudges; the periodic scan decides, so a lost event (a queue
+    overflow) costs at most `rescan_interval`.
+    """
+
+    def __init__(self, events: _Events, wake: threading.Event):
+        from watchdog.observers.inotify_c import CallbackId, InotifyFD, Mask
+        from watchdog.observers.inotify_c import InotifyConstants as C
+
+        self.events = events
+        self.wake = wake
+        self.mask = Mask(C.IN_CLOSE_WRITE | C.IN_CREATE | C.IN_MOVED_TO | C.IN_DONT_FOLLOW | C.IN_ONLYDIR)
+        self.callback_id = CallbackId(0)  # one callback (this object) per watched directory
+        self.fd = InotifyFD()  # an instance of our own, not watchdog's shared (started) one
+        self.prefix: dict[int, str] = {}  # watch descriptor -> key prefix: '' (inbox/) or 'account/'
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="inbox-watch", daemon=True)
+
+    def watch(self, path: Path, prefix: str = "") -> None:
+        wd = self.fd.add_callback(os.fsencode(path), self.mask, self, self.callback_id)
+        self.prefix[int(wd)] = prefix
+
+    def start(self) -> None:
+        self.thread.start()
+
+    # watchdog's WatchCallback protocol, called from our thread by `handle_event`
+    def on_event(self, event: Any) -> None:
+        prefix = self.prefix.get(int(event.wd))
+        if prefix is None or not event.name:
+            return
+        name = os.fsdecode(event.name)
+        if event.is_directory:
+            if prefix == "":  # a new buyer inbox: the scan finds it and watches it
+                self.wake.set()
+            return
+        self.events.note(prefix + name, event.is_close_write or event.is_moved_to)
+
+    def on_watch_deleted(self, wd: Any) -> None:
+        self.prefix.pop(int(wd), None)
+
+    def on_queue_overflow(self) -> None:
+        self.wake.set()  # events were lost: the scan finds every file anyway
+
+    def _run(self) -> None:
+        while not self.stopped:
+            try:
+                events = self.fd.read_events()
+            except OSError as exc:
+                if not self.stopped:
+                    log.warning("the inbox watch stopped (%s); relying on periodic scans", exc)
+                return
+            if not events and self.stopped:
+                return
+            for event in events:
+                try:
+                    self.fd.handle_event(event)
+                except Exception:  # a nudge lost: the scan still finds the file
+                    log.debug("inbox event %r not handled", event, exc_info=True)
+
+    def stop(self) -> None:
+        self.stopped = True
+        with contextlib.suppress(Exception):
+            self.fd.close()  # wakes the reading thread
+        self.thread.join(timeout=5)
+
+
 #: Seconds without a job in flight after which the daemon fsyncs the ledger's WAL itself, making
 #: the last success commits durable and removing their spool files. The next job's reservation
 #: does it for free when it comes sooner (a stream of jobs pays one fsync per job, not two).
@@ -154,6 +229,10 @@ class Daemon:
         self.claim_errors: dict[str, str] = {}
         self.outbox_blocked: str | None = None
         self._backlog: list[Path] = []
+        # Spool files of running jobs whose artifact is out (only the commit and clean-up remain):
+        # they no longer hold a worker slot. Written by job threads, read by the loop.
+        self._settling: set[Path] = set()
+        self._settling_lock = threading.Lock()
         self.pool: WorkerPool | None = None
         self.spool: Spool | None = None
         self.executor: ThreadPoolExecutor | None = None
@@ -216,8 +295,11 @@ class Daemon:
                                 noise_key=app.noise_key)
             self.pipeline = pipeline
             pipeline.defer_sync = True  # one durable commit per job: the flush below settles the last ones
+            pipeline.on_published = self._published
             pipeline.ledger()  # migrations done before READY
-            self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
+            # Twice the workers: a job whose artifact is out frees its slot while it commits
+            # (`_capacity`), so up to `workers` jobs train and as many finish their commits.
+            self.executor = ThreadPoolExecutor(max_workers=2 * workers, thread_name_prefix="job")
             observer = self._start_observer()
             log.info(
                 "pandacead daemon %s started: home %s, inbox %s, trainers %s",
@@ -322,6 +404,19 @@ class Daemon:
         handler = _Events(self.wake, self.settings.inbox)
         self.events = handler
         try:
+            watch = _InboxWatch(handler, self.wake)
+            watch.watch(self.settings.inbox)
+            watch.start()
+        except (ImportError, AttributeError, TypeError):  # not Linux, or a watchdog without InotifyFD
+            pass
+        except OSError as exc:
+            log.warning("cannot watch %s (%s); relying on periodic scans", self.settings.inbox, exc)
+            return None
+        else:
+            self._observer = watch
+            return watch
+        observer: Any
+        try:
             from watchdog.observers import Observer
         except Exception as exc:  # pragma: no cover
             log.warning("watchdog is unavailable (%s); relying on periodic scans", exc)
@@ -352,12 +447,30 @@ class Daemon:
                 continue
             watched.add(d)
             try:
-                _schedule(observer, self.events, d)
+                if isinstance(observer, _InboxWatch):
+                    observer.watch(d, f"{d.name}/")
+                else:
+                    _schedule(observer, self.events, d)
             except Exception as exc:
                 log.warning("cannot watch %s (%s); relying on periodic scans", d, exc)
 
     def _capacity(self) -> int:
-        return int(self.settings.daemon.get("workers", 1)) - len(self.in_flight)
+        """Free worker slots: `workers` minus the jobs in flight that have not published yet.
+
+        A job whose artifact is out has only its ledger commit and clean-up left (about a
+        millisecond): the next job is claimed and starts meanwhile, instead of waiting for them
+        (docs/benchmarks.md (a), round five). Its commit and the next job's reservation are
+        ordinary concurrent ledger transactions (as with `workers = 2`): the reservation counts
+        every reserved spend, so admission is the same; at most `workers` jobs train at once."""
+        with self._settling_lock:
+            settling = len(self._settling)
+        return int(self.settings.daemon.get("workers", 1)) - (len(self.in_flight) - settling)
+
+    def _published(self, spooled: Path) -> None:
+        """Pipeline callback (a job thread): `spooled`'s artifact is out; its slot is free."""
+        with self._settling_lock:
+            self._settling.add(spooled)
+        self.wake.set()
 
     def _submit(self, spooled: Path) -> None:
         assert self.executor is not None  # only called once start-up made it
@@ -368,6 +481,8 @@ class Daemon:
     def _reap(self) -> None:
         for fut in [f for f in self.in_flight if f.done()]:
             spooled = self.in_flight.pop(fut)
+            with self._settling_lock:
+                self._settling.discard(spooled)
             try:
                 self.outcomes.append(fut.result())
                 self.tries.pop(spooled, None)

@@ -129,73 +129,41 @@ def history_path(settings: Any, row_id: int) -> Path:
 class _History:
     """Appends a job's progress to its history file; best effort (no fsync: it is a view, not a record).
 
-    Creating a file is the dearest file operation of a job on ext4 (about as much as writing,
-    fsyncing and renaming one, docs/benchmarks.md (a)): the file is created by a background thread
-    while the job starts training. Lines written before it exists wait in memory and are written
-    by that thread as soon as it has created the file; later lines go straight to the file, as
-    before (`jobs logs` reads it while a job runs). `close`, at the end of training and before
-    anything is published, waits for the file: a job whose artifact is out has its history on file.
+    Each line is written through (`jobs logs` reads the file while a job runs). The file is created
+    here, in the job's thread: an empty file's creation costs about 30 µs on this machine's ext4
+    (measured, docs/benchmarks.md (a), round five); round four created it in a background thread,
+    whose hand-offs (a future, a lock, the GIL) cost the daemon more than the creation itself.
     """
 
     def __init__(self, settings: Any, row_id: int, job: Job, backend: str, plan: PrivacyPlan):
         self.path = history_path(settings, row_id)
-        self.lines: list[str] = []
         self.fh: Any = None
-        self.lock = threading.Lock()
+        with contextlib.suppress(OSError):
+            try:
+                self.fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+            except FileNotFoundError:  # the first job of a home (or state/history/ was removed)
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self.fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         meta = {"type": "job", "at": time.time(), "job_id": job.job_id, "account": job.user_id,
                 "dataset": job.dataset, "backend": backend, "epochs": job.epochs, "batch_size": job.batch_size,
                 "learning_rate": job.learning_rate, "model": job.model.type, "hidden": list(job.model.hidden),
                 "epsilon_requested": job.dp.epsilon, "delta": plan.delta, "epsilon_planned": plan.epsilon,
                 "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps}
         self.write(meta)
-        self.opening: Any = _history_pool().submit(self._open)
-
-    def _open(self) -> None:  # in the history thread
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fh = open(self.path, "a", encoding="utf-8")
-        with self.lock:
-            try:
-                fh.write("".join(self.lines))
-                fh.flush()
-            finally:
-                self.lines = []
-                self.fh = fh
 
     def write(self, record: dict[str, Any]) -> None:
+        fh = self.fh
+        if fh is None:
+            return
         with contextlib.suppress(OSError, TypeError, ValueError):
-            line = json.dumps(record, default=str) + "\n"
-            with self.lock:
-                if self.fh is None:
-                    self.lines.append(line)
-                    return
-                self.fh.write(line)
-                self.fh.flush()
+            fh.write(json.dumps(record, default=str) + "\n")
+            fh.flush()
 
     def close(self) -> None:
-        if self.opening is None:
-            return
-        with contextlib.suppress(Exception):
-            self.opening.result()  # raises what the open raised: the history is then lost (best effort)
-        with self.lock, contextlib.suppress(Exception):
-            if self.fh is not None:
-                self.fh.close()
-        self.opening = None
-
-
-_HISTORY_POOL: Any = None
-_HISTORY_POOL_LOCK = threading.Lock()
-
-
-def _history_pool() -> Any:
-    """One thread that creates history files (module-wide, started at the first job)."""
-    global _HISTORY_POOL
-    if _HISTORY_POOL is None:
-        with _HISTORY_POOL_LOCK:
-            if _HISTORY_POOL is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                _HISTORY_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
-    return _HISTORY_POOL
+        fh, self.fh = self.fh, None
+        if fh is not None:
+            with contextlib.suppress(Exception):
+                fh.close()
 
 
 @dataclass
@@ -240,6 +208,9 @@ class Pipeline:
         # until a later durable transaction (the next reservation) or `flush_unsynced` has fsynced
         # the WAL. Entries: (sequence number, spool file), in commit order.
         self.defer_sync = False
+        # Called (in the job's thread, with its spool file) once a job's artifact is out and only its
+        # commit and clean-up remain: the daemon then lets the next job start (`Daemon._released`).
+        self.on_published: Any = None
         self._cancel_dir: tuple[Any, dict[str, Any] | None, str] | None = None
         self._unsynced: list[tuple[int, Path]] = []
         self._unsynced_seq = 0
@@ -941,6 +912,8 @@ class Pipeline:
         log.info("job %s trained: ε=%.6g accuracy=%s", job.job_id, result.epsilon, _fmt(result.accuracy), extra=extra)
         try:
             path = self.publish_success(job, trainer, plan, result, started, _scope(spooled))
+            if self.on_published is not None:
+                self.on_published(spooled)
             log.info("job %s published %s", job.job_id, path.name, extra=extra)
             self._commit(job, result.epsilon, result.delta, row_id, _scope(spooled),
                          progress=self._take_final_progress(row_id), durable=not self.defer_sync)
