@@ -229,10 +229,6 @@ class Daemon:
         self.claim_errors: dict[str, str] = {}
         self.outbox_blocked: str | None = None
         self._backlog: list[Path] = []
-        # Spool files of running jobs whose artifact is out (only the commit and clean-up remain):
-        # they no longer hold a worker slot. Written by job threads, read by the loop.
-        self._settling: set[Path] = set()
-        self._settling_lock = threading.Lock()
         self.pool: WorkerPool | None = None
         self.spool: Spool | None = None
         self.executor: ThreadPoolExecutor | None = None
@@ -295,11 +291,8 @@ class Daemon:
                                 noise_key=app.noise_key)
             self.pipeline = pipeline
             pipeline.defer_sync = True  # one durable commit per job: the flush below settles the last ones
-            pipeline.on_published = self._published
             pipeline.ledger()  # migrations done before READY
-            # Twice the workers: a job whose artifact is out frees its slot while it commits
-            # (`_capacity`), so up to `workers` jobs train and as many finish their commits.
-            self.executor = ThreadPoolExecutor(max_workers=2 * workers, thread_name_prefix="job")
+            self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
             observer = self._start_observer()
             log.info(
                 "pandacead daemon %s started: home %s, inbox %s, trainers %s",
@@ -455,22 +448,7 @@ class Daemon:
                 log.warning("cannot watch %s (%s); relying on periodic scans", d, exc)
 
     def _capacity(self) -> int:
-        """Free worker slots: `workers` minus the jobs in flight that have not published yet.
-
-        A job whose artifact is out has only its ledger commit and clean-up left (about a
-        millisecond): the next job is claimed and starts meanwhile, instead of waiting for them
-        (docs/benchmarks.md (a), round five). Its commit and the next job's reservation are
-        ordinary concurrent ledger transactions (as with `workers = 2`): the reservation counts
-        every reserved spend, so admission is the same; at most `workers` jobs train at once."""
-        with self._settling_lock:
-            settling = len(self._settling)
-        return int(self.settings.daemon.get("workers", 1)) - (len(self.in_flight) - settling)
-
-    def _published(self, spooled: Path) -> None:
-        """Pipeline callback (a job thread): `spooled`'s artifact is out; its slot is free."""
-        with self._settling_lock:
-            self._settling.add(spooled)
-        self.wake.set()
+        return int(self.settings.daemon.get("workers", 1)) - len(self.in_flight)
 
     def _submit(self, spooled: Path) -> None:
         assert self.executor is not None  # only called once start-up made it
@@ -481,8 +459,6 @@ class Daemon:
     def _reap(self) -> None:
         for fut in [f for f in self.in_flight if f.done()]:
             spooled = self.in_flight.pop(fut)
-            with self._settling_lock:
-                self._settling.discard(spooled)
             try:
                 self.outcomes.append(fut.result())
                 self.tries.pop(spooled, None)

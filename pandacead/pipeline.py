@@ -208,9 +208,6 @@ class Pipeline:
         # until a later durable transaction (the next reservation) or `flush_unsynced` has fsynced
         # the WAL. Entries: (sequence number, spool file), in commit order.
         self.defer_sync = False
-        # Called (in the job's thread, with its spool file) once a job's artifact is out and only its
-        # commit and clean-up remain: the daemon then lets the next job start (`Daemon._released`).
-        self.on_published: Any = None
         self._cancel_dir: tuple[Any, dict[str, Any] | None, str] | None = None
         self._unsynced: list[tuple[int, Path]] = []
         self._unsynced_seq = 0
@@ -912,8 +909,6 @@ class Pipeline:
         log.info("job %s trained: ε=%.6g accuracy=%s", job.job_id, result.epsilon, _fmt(result.accuracy), extra=extra)
         try:
             path = self.publish_success(job, trainer, plan, result, started, _scope(spooled))
-            if self.on_published is not None:
-                self.on_published(spooled)
             log.info("job %s published %s", job.job_id, path.name, extra=extra)
             self._commit(job, result.epsilon, result.delta, row_id, _scope(spooled),
                          progress=self._take_final_progress(row_id), durable=not self.defer_sync)

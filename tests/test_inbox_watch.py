@@ -1,5 +1,4 @@
-"""The inbox watch (watchdog's inotify wrapper read by one thread of ours) and the freed slot of a
-job that only commits (#20, round five)."""
+"""The inbox watch: watchdog's inotify wrapper read by one thread of ours (#20, round five)."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ import json
 import os
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -117,30 +115,9 @@ def test_without_watchdogs_inotify_wrapper_the_observer_watches(tmp_path: Path, 
         _stop(d, t, rc)
 
 
-def test_a_job_that_only_commits_frees_its_slot(tmp_path: Path) -> None:
-    """workers = 1: a job whose artifact is out (`_published`) no longer counts; one still training does."""
-    home = make_home(tmp_path / "h")
-    d = daemon_mod.Daemon(load_settings(home, environ={}))
-    a, b = Path("spool/a"), Path("spool/b")
-    fa: Future[object] = Future()
-    fb: Future[object] = Future()
-    d.in_flight[fa] = a
-    assert d._capacity() == 0
-    d._published(a)  # its artifact is out: only the commit is left
-    assert d._capacity() == 1 and d.wake.is_set()
-    d.in_flight[fb] = b
-    assert d._capacity() == 0  # b trains: at most one at a time
-    fa.set_result(daemon_mod.Outcome("a", "succeeded"))
-    d._reap()
-    assert a not in d._settling and d._capacity() == 0
-    fb.set_result(daemon_mod.Outcome("b", "succeeded"))
-    d._reap()
-    assert d._capacity() == 1 and not d._settling
-
-
 def test_a_stream_of_jobs_each_settles_once_with_one_training_at_a_time(tmp_path: Path) -> None:
-    """With the slot freed at publication, 30 jobs through a real daemon: every one succeeds and is
-    charged once, and no two trained at the same time (the jobs' history files do not overlap)."""
+    """30 jobs dropped at once into a daemon woken by its watch: every one succeeds and is charged
+    once, one job at a time (`workers = 1`: the jobs' history files do not overlap)."""
     home = make_home(tmp_path / "h")
     d, t, rc = _start(home)
     try:
