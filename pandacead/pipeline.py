@@ -554,11 +554,14 @@ class Pipeline:
         self._local.touched = False
         self._local.touched_job = job.job_id
         private_data = not self._dataset_public(job)
-        # Per-epoch lines: at INFO for the first and last epoch and at most one per
-        # `daemon.progress_log_seconds` between (DEBUG otherwise), so a 1000-epoch job does
-        # not flood the journal; the whole history goes into the job's final progress row.
+        # Per-epoch lines at INFO at most once per `daemon.progress_log_seconds`, the first one that
+        # long into training, and the last epoch when an earlier one was at INFO (DEBUG otherwise):
+        # a 1000-epoch job does not flood the journal, and a job shorter than that logs no epoch
+        # line at INFO (its "trained" line says how it ended; every epoch is in its history file
+        # and its final progress row).
         history: list[dict[str, Any]] = []
-        last_info = [-math.inf]
+        last_info = [time.monotonic()]
+        logged_epoch = [False]
         throttle = float(self.settings.daemon.get("progress_log_seconds", 10.0))
         history_file = _History(self.settings, row_id, job, trainer.name, plan)  # `jobs logs`
 
@@ -584,8 +587,8 @@ class Pipeline:
             now_m = time.monotonic()
             final = p.get("epoch") == p.get("epochs")
             level = logging.DEBUG
-            if final or p.get("epoch") == 1 or now_m - last_info[0] >= throttle:
-                level, last_info[0] = logging.INFO, now_m
+            if now_m - last_info[0] >= throttle or (final and logged_epoch[0]):
+                level, last_info[0], logged_epoch[0] = logging.INFO, now_m, True
             fields = {"epoch": p.get("epoch"), "epochs": p.get("epochs"), "loss": p.get("loss"),
                       "epsilon_so_far": p.get("epsilon"), "epsilon_exact": p.get("epsilon_exact")}
             log.log(
