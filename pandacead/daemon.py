@@ -152,7 +152,13 @@ class _InboxWatch:
         self.mask = Mask(C.IN_CLOSE_WRITE | C.IN_CREATE | C.IN_MOVED_TO | C.IN_DONT_FOLLOW | C.IN_ONLYDIR)
         self.callback_id = CallbackId(0)  # one callback (this object) per watched directory
         self.fd = InotifyFD()  # an instance of our own, not watchdog's shared (started) one
+        # InotifyFD starts as if a reader were inside `read_events` (`_is_reading`): a `close` before
+        # our thread's first read would leave the descriptors to a reader that then never closes
+        # them. Not reading yet: `close` closes them itself (the reader sets it while it reads).
+        with self.fd._lock:
+            self.fd._is_reading = False
         self.prefix: dict[int, str] = {}  # watch descriptor -> key prefix: '' (inbox/) or 'account/'
+        self.lost: set[str] = set()  # prefixes whose watch the kernel removed (a directory removed)
         self.stopped = False
         self.thread = threading.Thread(target=self._run, name="inbox-watch", daemon=True)
 
@@ -176,7 +182,14 @@ class _InboxWatch:
         self.events.note(prefix + name, event.is_close_write or event.is_moved_to)
 
     def on_watch_deleted(self, wd: Any) -> None:
-        self.prefix.pop(int(wd), None)
+        prefix = self.prefix.pop(int(wd), None)
+        if prefix:  # a buyer inbox removed: if it is made again, the next scan watches the new one
+            self.lost.add(prefix)
+            self.wake.set()
+
+    def take_lost(self) -> set[str]:
+        lost, self.lost = self.lost, set()
+        return lost
 
     def on_queue_overflow(self) -> None:
         self.wake.set()  # events were lost: the scan finds every file anyway
@@ -200,8 +213,9 @@ class _InboxWatch:
     def stop(self) -> None:
         self.stopped = True
         with contextlib.suppress(Exception):
-            self.fd.close()  # wakes the reading thread
-        self.thread.join(timeout=5)
+            self.fd.close()  # wakes the reading thread, which then closes the descriptors
+        if self.thread.ident is not None:
+            self.thread.join(timeout=5)
 
 
 #: Seconds without a job in flight after which the daemon fsyncs the ledger's WAL itself, making
@@ -381,9 +395,10 @@ class Daemon:
         inbox = self.settings.inbox
         out: list[tuple[str, str | None, Path, Any]] = [(e.name, None, inbox, e) for e in scan(inbox)]
         buyers = buyer_inboxes(inbox)
+        # Watched before they are listed: a file that comes after the listing then has its event.
+        self._watch_buyers([d for _, d in buyers])
         for account, d in buyers:
             out.extend((f"{account}/{e.name}", account, d, e) for e in scan(d))
-        self._watch_buyers([d for _, d in buyers])
         return out
 
     def _wait_time(self) -> float:
@@ -405,8 +420,12 @@ class Daemon:
         self.events = handler
         try:
             watch = _InboxWatch(handler, self.wake)
-            watch.watch(self.settings.inbox)
-            watch.start()
+            try:
+                watch.watch(self.settings.inbox)
+                watch.start()
+            except BaseException:
+                watch.stop()  # closes the inotify instance and its pipe (not leaked)
+                raise
         except (ImportError, AttributeError, TypeError):  # not Linux, or a watchdog without InotifyFD
             pass
         except OSError as exc:
@@ -442,6 +461,9 @@ class Daemon:
         if observer is None:
             return
         watched: set[Path] = self.__dict__.setdefault("_watched", set())
+        if isinstance(observer, _InboxWatch):
+            for prefix in observer.take_lost():  # removed since: a directory made again is a new one
+                watched.discard(self.settings.inbox / prefix.rstrip("/"))
         for d in dirs:
             if d in watched:
                 continue

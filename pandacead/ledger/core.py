@@ -463,9 +463,9 @@ class Ledger:
         lock = self._writer
         if not lock.acquire(timeout=120):
             raise sqlite3.OperationalError("database is locked (by another thread of this process)")
-        if not durable:
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-        try:
+        try:  # (from here on, whatever raises releases the lock: a closed connection included)
+            if not durable:
+                self.conn.execute("PRAGMA synchronous = NORMAL")
             while True:
                 try:
                     self.conn.execute("BEGIN IMMEDIATE")
