@@ -552,3 +552,181 @@ def test_a_watch_stopped_before_or_just_after_its_reader_starts_closes_its_descr
         assert not w.thread.is_alive()
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) <= before + 1
+
+
+# A daemon that SIGKILLs itself at a moment only two overlapping jobs have: the next job has reserved
+# while the previous one (published) has not committed yet, or right after that commit while the next
+# trains. Real processes, real SQLite; the patch only slows the commit and chooses the moment.
+_KILLER = r"""
+import os, signal, sys, threading, time
+from pandacead.ledger import Ledger
+mode = os.environ["ATTACK_KILL_AT"]
+state = {"committing": set(), "reserved_during": 0}
+lock = threading.Lock()
+real_commit, real_reserve = Ledger.commit, Ledger.reserve
+
+def commit(self, job_id, *a, **k):
+    with lock:
+        state["committing"].add(job_id)
+        seen = state["reserved_during"]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # hold it until the next job has reserved
+        with lock:
+            if state["reserved_during"] > seen:
+                break
+        time.sleep(0.005)
+    if mode == "before-commit" and state["reserved_during"] > seen:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_commit(self, job_id, *a, **k)
+    if mode == "after-commit" and state["reserved_during"] > seen:
+        os.kill(os.getpid(), signal.SIGKILL)
+    with lock:
+        state["committing"].discard(job_id)
+
+def reserve(self, job_id, *a, **k):
+    row = real_reserve(self, job_id, *a, **k)
+    with lock:
+        if state["committing"] - {job_id}:
+            state["reserved_during"] += 1
+            if mode == "reserved-during-commit":
+                os.kill(os.getpid(), signal.SIGKILL)
+    return row
+
+Ledger.commit, Ledger.reserve = commit, reserve
+from pandacead.cli import main
+sys.argv = ["pandacead", "run", "--once", "--home", os.environ["PANDACEAD_HOME"]]
+main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["reserved-during-commit", "before-commit", "after-commit", "after-commit+power-cut"])
+def test_a_kill_while_the_next_job_has_reserved_and_the_last_commits_settles_each_once(
+        tmp_path: Path, mode: str) -> None:
+    import subprocess
+    import sys
+
+    from conftest import env_for
+    from fuzz.invariants import check_settled_home
+
+    home = make_home(tmp_path / "h", default_epsilon=3.0)
+    for i in range(5):
+        drop(home, f"x{i}.json", job(f"x{i}", epsilon=1.0, seed=i))
+    first = subprocess.run([sys.executable, "-c", _KILLER], capture_output=True, timeout=120, cwd=home,
+                           env=env_for(home, ATTACK_KILL_AT=mode.split("+")[0], **FAST))
+    assert first.returncode == -9, first.stderr.decode()[-3000:]
+    if not mode.endswith("power-cut"):  # (opened before the cut, the ledger would be checkpointed)
+        mid = _ledger_totals(home)
+        assert mid["spent"] + mid["reserved"] == pytest.approx(2.0)  # the two overlapping jobs, nothing more
+    if mode.endswith("power-cut"):
+        # The last job's commit was not fsynced (the next job had reserved before it): a power cut
+        # loses it; its spool file must still be there for the next start to commit it.
+        from test_commit_crash_progress import _drop_last_wal_transaction
+
+        s = load_settings(home, environ={})
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{s.ledger_path}-shm")
+        assert _drop_last_wal_transaction(Path(f"{s.ledger_path}-wal")) >= 1
+        led = ledger(home)
+        try:
+            lost = [r for r in led.query("SELECT job_id, owner FROM spends WHERE state = 'reserved'")]
+        finally:
+            led.close()
+        assert len(lost) == 2
+        spool = {p.name for p in Path(s.spool).rglob("*.json")}
+        assert {r["owner"] for r in lost} <= spool, "a spool file went before its commit was durable"
+    second = run_once(home, timeout=120, **FAST)
+    assert second.returncode == 0, second.stderr.decode()[-3000:]
+    check_settled_home(home)
+    tot = _ledger_totals(home)
+    committed = sorted(a["job_id"] for a in tot["audit"] if a["event"] == "committed")
+    # Budget ε=3: exactly three jobs of ε=1 admitted in all, each charged once; two refused.
+    assert len(committed) == 3 and len(set(committed)) == 3
+    assert tot["spent"] == pytest.approx(3.0) and tot["reserved"] == 0
+    assert sorted(outcomes(home).values()) == ["artifact"] * 3 + ["error"] * 2
+    if mode in ("before-commit", "after-commit+power-cut"):  # the published job, committed from its artifact
+        assert "recovered: its artifact was published before a crash" in second.stderr.decode()
+
+
+@pytest.mark.parametrize("timing", ["commit-holds-the-lock", "commit-lands-after-the-next-reservation"])
+def test_with_jobs_overlapping_no_spool_file_goes_before_its_outcome_is_durable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, timing: str) -> None:
+    """The power-cut model of test_commit_crash_progress with a real daemon whose next job reserves
+    while the last one commits: a durable transaction puts on the disk what its own snapshot saw
+    (everything committed before it, read inside it), `sync` what was committed before it. Every
+    removal of a spool file must find its job's outcome in that durable set. Two timings: the
+    commit holds the write lock while the next job reserves (it reserves after it); or the commit
+    comes late, between the next job's reservation and that job's `_synced` (the window in which
+    a mark taken after the reservation, not before, would remove the file of a commit that its
+    fsync did not cover: this timing catches that mutation)."""
+    from pandacead.pipeline import Pipeline
+
+    home = make_home(tmp_path / "h", default_epsilon=6.0)
+    durable: set[str] = set()
+    bad: list[str] = []
+    removed: list[str] = []
+    guard = threading.Lock()
+    real_tx, real_sync, real_cleanup = Ledger.transaction, Ledger.sync, Pipeline.cleanup
+
+    def settled_rows(conn: sqlite3.Connection) -> set[str]:
+        return {r[0] for r in conn.execute("SELECT file FROM jobs WHERE status != 'running'")}
+
+    @contextlib.contextmanager
+    def tracked(self: Ledger, durable_tx: bool = True) -> Any:
+        snap: set[str] = set()
+        with real_tx(self, durable_tx) as conn:
+            yield conn
+            if durable_tx:
+                snap = settled_rows(conn)  # inside the write transaction: all earlier commits and its own
+        if durable_tx:
+            with guard:
+                durable.update(snap)
+
+    def sync(self: Ledger) -> None:
+        snap = settled_rows(self.conn)
+        real_sync(self)
+        with guard:
+            durable.update(snap)
+
+    def cleanup(self: Pipeline, spooled: Path, set_aside: bool = False) -> None:
+        if spooled.exists():
+            with guard:
+                if spooled.name not in durable:
+                    bad.append(spooled.name)
+                removed.append(spooled.name)
+        real_cleanup(self, spooled, set_aside)
+
+    monkeypatch.setattr(Ledger, "transaction", tracked)
+    monkeypatch.setattr(Ledger, "sync", sync)
+    monkeypatch.setattr(Pipeline, "cleanup", cleanup)
+    log: list[tuple[str, str, float]] = []
+    if timing != "commit-holds-the-lock":
+        inner_commit, inner_reserve = Ledger.commit, Ledger.reserve
+
+        def late_commit(self: Ledger, *a: Any, **k: Any) -> None:
+            time.sleep(0.03)  # the artifact is out: the next job is claimed and reserves meanwhile
+            inner_commit(self, *a, **k)
+
+        def lingering_reserve(self: Ledger, *a: Any, **k: Any) -> int:
+            row = inner_reserve(self, *a, **k)
+            time.sleep(0.06)  # (before the pipeline's `_synced`: the last job's commit lands here)
+            return row
+
+        monkeypatch.setattr(Ledger, "commit", late_commit)
+        monkeypatch.setattr(Ledger, "reserve", lingering_reserve)
+    with _slow_commits(monkeypatch, 0.05 if timing == "commit-holds-the-lock" else 0.0, log):
+        d, t, rc = _start(home)
+        try:
+            for i in range(14):
+                drop(home, f"m{i}.json", job(f"m{i}", epsilon=0.5, seed=i))
+            drop(home, "m0-again.json", job("m0", epsilon=0.5))
+            drop(home, "bad.json", {"job_id": "bad"})
+            _settled(home, 15, timeout=90)
+            wait_for(lambda: not d.in_flight and not list((home / "state" / "spool").rglob("*.json")), timeout=30)
+        finally:
+            _stop(d, t, rc)
+    assert _overlapped(log) >= 1
+    assert not bad, f"spool files removed before their outcome was durable: {bad}"
+    assert len(removed) == 16
+    tot = _ledger_totals(home)
+    assert tot["spent"] == pytest.approx(6.0) and tot["reserved"] == 0  # 12 of the 14 fit in ε=6
