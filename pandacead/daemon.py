@@ -222,6 +222,11 @@ class _InboxWatch:
 #: the last success commits durable and removing their spool files. The next job's reservation
 #: does it for free when it comes sooner (a stream of jobs pays one fsync per job, not two).
 SYNC_DELAY = 0.05
+#: The same while jobs are in flight. A job that reserved while the last one committed (its slot is
+#: freed at publication, `Daemon._capacity`) does not make that commit durable: without this the
+#: commit stayed unsynced, its spool file kept, and the loop woke every 10 ms (`_wait_time`), for
+#: the whole training of the next job.
+BUSY_SYNC_DELAY = 0.5
 
 
 class Daemon:
@@ -339,8 +344,9 @@ class Daemon:
                 if self.reload_requested:
                     self._reload()
                 self._tick()
-                if not self.in_flight and self.pipeline.unsynced_since(SYNC_DELAY):
-                    # Nothing ran for a while: no reservation is coming to fsync the WAL, so do it now.
+                if self.pipeline.unsynced_since(self._sync_delay()):
+                    # No reservation came for a while to fsync the WAL (nothing ran, or the running
+                    # job reserved before the last commit), so do it now.
                     self.pipeline.flush_unsynced()
                 if self.once and self._idle():
                     break
@@ -409,11 +415,15 @@ class Daemon:
             t = min(t, min(self.retry_at.values()) - time.monotonic())
         pending = self.pipeline.unsynced_since(0.0) if hasattr(self, "pipeline") else False
         if pending:
-            t = min(t, max(0.0, pending + SYNC_DELAY - time.monotonic()))
+            t = min(t, max(0.0, pending + self._sync_delay() - time.monotonic()))
         wd = self.notifier.watchdog_interval()
         if wd:
             t = min(t, wd / 2)  # WATCHDOG=1 comes from this loop, so it must turn often enough
         return max(0.01, t)
+
+    def _sync_delay(self) -> float:
+        """How old the oldest commit not yet durable may get before the loop fsyncs the WAL itself."""
+        return BUSY_SYNC_DELAY if self.in_flight else SYNC_DELAY
 
     def _start_observer(self) -> Any:
         handler = _Events(self.wake, self.settings.inbox)

@@ -730,3 +730,45 @@ def test_with_jobs_overlapping_no_spool_file_goes_before_its_outcome_is_durable(
     assert len(removed) == 16
     tot = _ledger_totals(home)
     assert tot["spent"] == pytest.approx(6.0) and tot["reserved"] == 0  # 12 of the 14 fit in ε=6
+
+
+@pytest.mark.slow
+def test_a_commit_the_next_reservation_preceded_is_synced_while_that_job_trains_without_a_busy_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the slot freed at publication the next job may reserve before the last one commits (here
+    forced: the commit comes 50 ms late). That reservation does not make the commit durable, and the
+    loop fsynced the WAL only with nothing in flight: the commit stayed unsynced, its spool file
+    kept, and the loop woke every 10 ms (`_wait_time` says "sync due"), for the whole training of
+    the next job (2 s here: some 200 wake-ups, each wanting the GIL the training thread holds)."""
+    home = make_home(tmp_path / "h", extra="\n[trainer.options]\nmock_delay = 0.5\n")
+    real_commit = Ledger.commit
+
+    def late(self: Ledger, *a: Any, **k: Any) -> None:
+        time.sleep(0.05)
+        real_commit(self, *a, **k)
+
+    monkeypatch.setattr(Ledger, "commit", late)
+    real_tick = daemon_mod.Daemon._tick
+    waiting_ticks = [0]
+
+    def tick(self: daemon_mod.Daemon, first: bool = False) -> None:
+        if self.in_flight and getattr(self, "pipeline", None) is not None and self.pipeline._unsynced:
+            waiting_ticks[0] += 1
+        real_tick(self, first)
+
+    monkeypatch.setattr(daemon_mod.Daemon, "_tick", tick)
+    d, t, rc = _start(home)
+    try:
+        drop(home, "l0.json", job("l0", epochs=4, seed=0))
+        drop(home, "l1.json", job("l1", epochs=4, seed=1))
+        wait_for(lambda: outcomes(home).get("l0"), timeout=30)
+        spooled = home / "state" / "spool"
+        # l0's spool file goes while l1 still trains (it trains 2 s).
+        wait_for(lambda: not [p for p in spooled.rglob("*l0.json")], timeout=1.5)
+        assert not outcomes(home).get("l1")
+        wait_for(lambda: outcomes(home).get("l1"), timeout=30)
+    finally:
+        _stop(d, t, rc)
+    assert waiting_ticks[0] <= 30, f"the loop woke {waiting_ticks[0]} times waiting for a sync"
+    tot = _ledger_totals(home)
+    assert tot["spent"] == pytest.approx(2.0) and tot["reserved"] == 0
