@@ -431,7 +431,10 @@ class Daemon:
         try:
             watch = _InboxWatch(handler, self.wake)
             try:
-                watch.watch(self.settings.inbox)
+                # The admin's inbox may be a link to where it lives (another disk): the watch is
+                # on that directory (IN_DONT_FOLLOW | IN_ONLYDIR refuses a link). Buyer inboxes
+                # under it are never followed (`buyer_inboxes` skips links).
+                watch.watch(Path(os.path.realpath(self.settings.inbox)))
                 watch.start()
             except BaseException:
                 watch.stop()  # closes the inotify instance and its pipe (not leaked)

@@ -772,3 +772,69 @@ def test_a_commit_the_next_reservation_preceded_is_synced_while_that_job_trains_
     assert waiting_ticks[0] <= 30, f"the loop woke {waiting_ticks[0]} times waiting for a sync"
     tot = _ledger_totals(home)
     assert tot["spent"] == pytest.approx(2.0) and tot["reserved"] == 0
+
+
+def test_a_transaction_begun_inside_another_fails_at_once_not_after_120_s(tmp_path: Path) -> None:
+    """Nested use of one ledger in one thread: SQLite refused it at once ("within a transaction");
+    with a plain lock the inner one waited 120 s for the lock its own thread held."""
+    got: list[Any] = []
+
+    def nested() -> None:
+        led = Ledger(tmp_path / "l.db")
+        try:
+            with led.transaction(), led.transaction(durable=False):
+                pass
+            got.append(None)
+        except BaseException as exc:  # noqa: BLE001 - what it raised is the point
+            got.append(exc)
+        try:
+            with led.transaction(), led.transaction():
+                pass
+            got.append(None)
+        except BaseException as exc:  # noqa: BLE001
+            got.append(exc)
+        got.append((led.conn.execute("PRAGMA synchronous").fetchone()[0], led.conn.in_transaction))
+        led.close()
+
+    th = threading.Thread(target=nested, daemon=True)
+    th.start()
+    th.join(timeout=10)
+    assert not th.is_alive(), "a nested transaction hung on the writer lock"
+    assert isinstance(got[0], sqlite3.OperationalError)  # (its synchronous mode cannot change inside)
+    assert isinstance(got[1], sqlite3.OperationalError) and "within a transaction" in str(got[1])
+    assert got[2] == (2, False)  # rolled back, FULL as before
+    other = Ledger(tmp_path / "l.db")
+    try:
+        assert other._writer.acquire(timeout=2)  # released: another thread's writer gets it
+        other._writer.release()
+        other.add_account("n", 1.0)
+    finally:
+        other.close()
+
+
+def test_one_ledger_reached_through_a_link_is_one_writer_lock(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    a, b = Ledger(tmp_path / "real" / "l.db"), Ledger(tmp_path / "link" / "l.db")
+    try:
+        assert a._writer is b._writer
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_inbox_that_is_a_link_to_its_directory_is_watched(tmp_path: Path) -> None:
+    """paths.inbox a link to where the inbox lives (another disk): IN_DONT_FOLLOW | IN_ONLYDIR refused
+    it (ENOTDIR, "relying on periodic scans"; watchdog's Observer watched the link itself and saw
+    nothing either); jobs waited for the hourly scan."""
+    home = make_home(tmp_path / "h")
+    _slow_rescans(home)
+    os.rename(home / "inbox", tmp_path / "real-inbox")
+    os.symlink(tmp_path / "real-inbox", home / "inbox")
+    d, t, rc = _start(home)
+    try:
+        assert isinstance(getattr(d, "_observer", None), daemon_mod._InboxWatch)
+        drop(home, "via-link.json", job("via-link", epsilon=0.1))
+        assert _settled(home, 1, timeout=20) == {"via-link": "artifact"}
+    finally:
+        _stop(d, t, rc)
