@@ -155,8 +155,10 @@ class _InboxWatch:
         # InotifyFD starts as if a reader were inside `read_events` (`_is_reading`): a `close` before
         # our thread's first read would leave the descriptors to a reader that then never closes
         # them. Not reading yet: `close` closes them itself (the reader sets it while it reads).
-        with self.fd._lock:
-            self.fd._is_reading = False
+        lock = getattr(self.fd, "_lock", None)
+        if lock is not None and hasattr(self.fd, "_is_reading"):
+            with lock:
+                self.fd._is_reading = False
         self.prefix: dict[int, str] = {}  # watch descriptor -> key prefix: '' (inbox/) or 'account/'
         self.lost: set[str] = set()  # prefixes whose watch the kernel removed (a directory removed)
         self.stopped = False
@@ -202,8 +204,10 @@ class _InboxWatch:
                 if not self.stopped:
                     log.warning("the inbox watch stopped (%s); relying on periodic scans", exc)
                 return
-            if not events and self.stopped:
-                return
+            if not events:
+                if self.stopped:
+                    return
+                time.sleep(0.01)  # nothing read and not stopped (a descriptor closed under us): no spin
             for event in events:
                 try:
                     self.fd.handle_event(event)

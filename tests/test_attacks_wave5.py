@@ -838,3 +838,24 @@ def test_an_inbox_that_is_a_link_to_its_directory_is_watched(tmp_path: Path) -> 
         assert _settled(home, 1, timeout=20) == {"via-link": "artifact"}
     finally:
         _stop(d, t, rc)
+
+
+def test_a_watch_whose_reads_return_nothing_does_not_spin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """watchdog's read returns no events, without an error, once its descriptor is closed or bad
+    (EBADF): the reader must not turn that into a busy loop on a 2-core host."""
+    from watchdog.observers.inotify_c import InotifyFD
+
+    calls = [0]
+
+    def empty(self: Any, **k: Any) -> list[Any]:
+        calls[0] += 1
+        return []
+
+    w = daemon_mod._InboxWatch(daemon_mod._Events(threading.Event()), threading.Event())
+    monkeypatch.setattr(InotifyFD, "read_events", empty)
+    w.start()
+    time.sleep(0.5)
+    monkeypatch.undo()
+    w.stop()
+    assert not w.thread.is_alive()
+    assert calls[0] < 200, f"{calls[0]} reads in 0.5 s"
