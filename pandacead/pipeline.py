@@ -385,6 +385,7 @@ class Pipeline:
         except OSError as exc:
             log.error("the ledger %s could not be synced (%s); %d settled job file(s) stay spooled",
                       self.settings.ledger_path, exc, n)
+            self._unsynced_at = time.monotonic() + 1.0  # the next try in about a second, not at the next turn
             return 0
         faults.point("synced")
         self._synced(mark)

@@ -859,3 +859,27 @@ def test_a_watch_whose_reads_return_nothing_does_not_spin(monkeypatch: pytest.Mo
     w.stop()
     assert not w.thread.is_alive()
     assert calls[0] < 200, f"{calls[0]} reads in 0.5 s"
+
+
+def test_a_wal_sync_that_fails_is_retried_after_the_delay_not_in_a_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The idle fsync of the WAL fails (EIO): it is tried again about a second later, not at every
+    turn of the loop (every 10 ms, an error line each); the spool file stays until a sync works."""
+    home = make_home(tmp_path / "h")
+    attempts = [0]
+
+    def failing(self: Ledger) -> None:
+        attempts[0] += 1
+        raise OSError(5, "Input/output error")
+
+    d, t, rc = _start(home)
+    try:
+        monkeypatch.setattr(Ledger, "sync", failing)
+        drop(home, "y.json", job("y", epsilon=0.1))
+        _settled(home, 1)
+        time.sleep(1.0)
+        assert attempts[0] <= 3, f"{attempts[0]} syncs tried in about a second"
+        monkeypatch.undo()
+    finally:
+        _stop(d, t, rc)
+    assert not list((home / "state" / "spool").rglob("*.json"))  # settled by the shutdown's sync
