@@ -370,7 +370,8 @@ class Pipeline:
 
     def flush_unsynced(self) -> int:
         """Make the success commits not yet durable durable (one fsync of the ledger's WAL) and remove
-        their spool files; the daemon calls it when it has nothing in flight, and at shutdown.
+        their spool files; the daemon calls it when no reservation did for a while (50 ms with nothing in
+        flight, 0.5 s with jobs in flight: one may have reserved before the last commit), and at shutdown.
         Returns how many files it settled."""
         if not self._unsynced:
             return 0
@@ -381,6 +382,7 @@ class Pipeline:
         except OSError as exc:
             log.error("the ledger %s could not be synced (%s); %d settled job file(s) stay spooled",
                       self.settings.ledger_path, exc, n)
+            self._unsynced_at = time.monotonic() + 1.0  # the next try in about a second, not at the next turn
             return 0
         faults.point("synced")
         self._synced(mark)

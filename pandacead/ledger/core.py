@@ -329,17 +329,21 @@ class Budget:
 
 
 
-_WRITER_LOCKS: dict[str, threading.Lock] = {}
+_WRITER_LOCKS: dict[str, Any] = {}
 _WRITER_LOCKS_GUARD = threading.Lock()
 
 
-def _writer_lock(path: Path) -> threading.Lock:
-    """The lock this process's threads take around a write transaction on the ledger at `path`."""
+def _writer_lock(path: Path) -> Any:
+    """The lock this process's threads take around a write transaction on the ledger at `path`.
+
+    Re-entrant: a transaction begun inside another one of the same thread fails at once, as it did
+    before this lock (SQLite's "cannot start a transaction within a transaction"), instead of
+    waiting 120 s for a lock its own thread holds."""
     key = os.path.realpath(path)
     lock = _WRITER_LOCKS.get(key)
     if lock is None:
         with _WRITER_LOCKS_GUARD:
-            lock = _WRITER_LOCKS.setdefault(key, threading.Lock())
+            lock = _WRITER_LOCKS.setdefault(key, threading.RLock())
     return lock
 
 class Ledger:
@@ -463,9 +467,9 @@ class Ledger:
         lock = self._writer
         if not lock.acquire(timeout=120):
             raise sqlite3.OperationalError("database is locked (by another thread of this process)")
-        if not durable:
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-        try:
+        try:  # (from here on, whatever raises releases the lock: a closed connection included)
+            if not durable:
+                self.conn.execute("PRAGMA synchronous = NORMAL")
             while True:
                 try:
                     self.conn.execute("BEGIN IMMEDIATE")
