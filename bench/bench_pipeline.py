@@ -35,6 +35,7 @@ from common import (  # noqa: E402
     Daemon,
     OutboxWatch,
     bench_root,
+    cpu_seconds,
     drop,
     job,
     make_home,
@@ -77,6 +78,7 @@ def run(rounds: int = 4, burst: int = 150, serial: int = 40, workers: int = 1, k
         floor_n = 0
         tp_time = 0.0
         tp_jobs = 0
+        burst_cpu = 0.0
         per_round = []
         for r in range(rounds):
             fl = floor.measure(root / f"floor-{r}", burst, sizes["artifact"], sizes["envelope"])
@@ -96,12 +98,14 @@ def run(rounds: int = 4, burst: int = 150, serial: int = 40, workers: int = 1, k
             latencies += lat
 
             batch = [next_job() for _ in range(burst)]
+            cpu0 = cpu_seconds([d.proc.pid])
             t0 = None
             for jid, j in batch:
                 t = drop(inbox, f"{jid}.json", j)
                 t0 = t if t0 is None else t0
             done = watch.wait([f"{jid}.json" for jid, _ in batch], timeout=600)
             dt = max(done.values()) - t0
+            burst_cpu += cpu_seconds([d.proc.pid]) - cpu0  # the daemon's CPU (all threads, user + system)
             tp_time += dt
             tp_jobs += burst
             per_round.append({
@@ -136,6 +140,7 @@ def run(rounds: int = 4, burst: int = 150, serial: int = 40, workers: int = 1, k
             "p50_ms": median(latencies) * 1e3,
             "p99_ms": quantile(latencies, 0.99) * 1e3,
             "jobs": seq[0],
+            "cpu_ms_per_job": burst_cpu / tp_jobs * 1e3,  # during the bursts (clock ticks: ±10 ms per burst)
             "peak_rss_kb": rss["daemon_kb"],
         },
         "ratios": {

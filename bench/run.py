@@ -24,6 +24,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -123,6 +124,18 @@ def dpsgd(quick: bool) -> dict[str, Any]:
     return res
 
 
+#: A section another benchmark (bench_audit.py, bench_ledger.py) or an earlier round of work wrote
+#: into docs/benchmarks.md between markers: `<!-- name:begin -->` ... `<!-- name:end -->`.
+SECTION = re.compile(r"<!-- (\w+): ?begin -->.*?<!-- \1: ?end -->\n?", re.S)
+
+
+def keep_sections(new: str, old: str) -> str:
+    """`new` with every marked section of `old` that `new` lacks appended (a regeneration used to drop them)."""
+    names = {m.group(1) for m in SECTION.finditer(new)}
+    kept = [m.group(0).rstrip("\n") for m in SECTION.finditer(old) if m.group(1) not in names]
+    return new.rstrip("\n") + "\n\n" + "\n\n".join(kept) + "\n" if kept else new
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke test, not for the docs)")
@@ -167,7 +180,8 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(results, indent=2))
     out.mkdir(parents=True, exist_ok=True)
     report.plot(results, out / "benchmarks.png")
-    (out / "benchmarks.md").write_text(writeup.markdown(results))
+    doc = out / "benchmarks.md"
+    doc.write_text(keep_sections(writeup.markdown(results), doc.read_text() if doc.exists() else ""))
     for row in report.summary_rows(results):
         verdict = "" if row["target"] is None else (" ok" if row["ratio"] <= row["target"] else " MISSES")
         ratio = "" if row["ratio"] is None else f"{row['ratio']:.2f}x"

@@ -129,10 +129,108 @@ def _schedule(observer: Any, handler: Any, path: Path) -> None:
     observer.schedule(handler, str(path), recursive=False)
 
 
+class _InboxWatch:
+    """The inbox watch: watchdog's inotify wrapper (`InotifyFD`), read by one thread of ours.
+
+    watchdog's `Observer` runs three threads per watch on Linux (the inotify reader, the emitter
+    that pairs renames, the dispatcher): every kernel event crossed three thread hand-offs, each
+    needing the GIL the job thread holds, before it woke the loop (0.8 ms from a drop to the
+    loop's wake-up, and about 0.7 ms of CPU per job, docs/benchmarks.md (a), round five). Here one
+    thread blocks in watchdog's `read_events` and turns each event into a nudge (`_Events.note`).
+    The kernel is asked for files closed after writing, created, or renamed into a watched
+    directory (IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_TO): a claim (a rename out) or a removal
+    wakes nobody. Events are only nudges; the periodic scan decides, so a lost event (a queue
+    overflow) costs at most `rescan_interval`.
+    """
+
+    def __init__(self, events: _Events, wake: threading.Event):
+        from watchdog.observers.inotify_c import CallbackId, InotifyFD, Mask
+        from watchdog.observers.inotify_c import InotifyConstants as C
+
+        self.events = events
+        self.wake = wake
+        self.mask = Mask(C.IN_CLOSE_WRITE | C.IN_CREATE | C.IN_MOVED_TO | C.IN_DONT_FOLLOW | C.IN_ONLYDIR)
+        self.callback_id = CallbackId(0)  # one callback (this object) per watched directory
+        self.fd = InotifyFD()  # an instance of our own, not watchdog's shared (started) one
+        # InotifyFD starts as if a reader were inside `read_events` (`_is_reading`): a `close` before
+        # our thread's first read would leave the descriptors to a reader that then never closes
+        # them. Not reading yet: `close` closes them itself (the reader sets it while it reads).
+        lock = getattr(self.fd, "_lock", None)
+        if lock is not None and hasattr(self.fd, "_is_reading"):
+            with lock:
+                self.fd._is_reading = False
+        self.prefix: dict[int, str] = {}  # watch descriptor -> key prefix: '' (inbox/) or 'account/'
+        self.lost: set[str] = set()  # prefixes whose watch the kernel removed (a directory removed)
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="inbox-watch", daemon=True)
+
+    def watch(self, path: Path, prefix: str = "") -> None:
+        wd = self.fd.add_callback(os.fsencode(path), self.mask, self, self.callback_id)
+        self.prefix[int(wd)] = prefix
+
+    def start(self) -> None:
+        self.thread.start()
+
+    # watchdog's WatchCallback protocol, called from our thread by `handle_event`
+    def on_event(self, event: Any) -> None:
+        prefix = self.prefix.get(int(event.wd))
+        if prefix is None or not event.name:
+            return
+        name = os.fsdecode(event.name)
+        if event.is_directory:
+            if prefix == "":  # a new buyer inbox: the scan finds it and watches it
+                self.wake.set()
+            return
+        self.events.note(prefix + name, event.is_close_write or event.is_moved_to)
+
+    def on_watch_deleted(self, wd: Any) -> None:
+        prefix = self.prefix.pop(int(wd), None)
+        if prefix:  # a buyer inbox removed: if it is made again, the next scan watches the new one
+            self.lost.add(prefix)
+            self.wake.set()
+
+    def take_lost(self) -> set[str]:
+        lost, self.lost = self.lost, set()
+        return lost
+
+    def on_queue_overflow(self) -> None:
+        self.wake.set()  # events were lost: the scan finds every file anyway
+
+    def _run(self) -> None:
+        while not self.stopped:
+            try:
+                events = self.fd.read_events()
+            except OSError as exc:
+                if not self.stopped:
+                    log.warning("the inbox watch stopped (%s); relying on periodic scans", exc)
+                return
+            if not events:
+                if self.stopped:
+                    return
+                time.sleep(0.01)  # nothing read and not stopped (a descriptor closed under us): no spin
+            for event in events:
+                try:
+                    self.fd.handle_event(event)
+                except Exception:  # a nudge lost: the scan still finds the file
+                    log.debug("inbox event %r not handled", event, exc_info=True)
+
+    def stop(self) -> None:
+        self.stopped = True
+        with contextlib.suppress(Exception):
+            self.fd.close()  # wakes the reading thread, which then closes the descriptors
+        if self.thread.ident is not None:
+            self.thread.join(timeout=5)
+
+
 #: Seconds without a job in flight after which the daemon fsyncs the ledger's WAL itself, making
 #: the last success commits durable and removing their spool files. The next job's reservation
 #: does it for free when it comes sooner (a stream of jobs pays one fsync per job, not two).
 SYNC_DELAY = 0.05
+#: The same while jobs are in flight. A job that reserved while the last one committed (its slot is
+#: freed at publication, `Daemon._capacity`) does not make that commit durable: without this the
+#: commit stayed unsynced, its spool file kept, and the loop woke every 10 ms (`_wait_time`), for
+#: the whole training of the next job.
+BUSY_SYNC_DELAY = 0.5
 
 
 class Daemon:
@@ -243,8 +341,9 @@ class Daemon:
                 if self.reload_requested:
                     self._reload()
                 self._tick()
-                if not self.in_flight and self.pipeline.unsynced_since(SYNC_DELAY):
-                    # Nothing ran for a while: no reservation is coming to fsync the WAL, so do it now.
+                if self.pipeline.unsynced_since(self._sync_delay()):
+                    # No reservation came for a while to fsync the WAL (nothing ran, or the running
+                    # job reserved before the last commit), so do it now.
                     self.pipeline.flush_unsynced()
                 if self.once and self._idle():
                     break
@@ -299,9 +398,10 @@ class Daemon:
         inbox = self.settings.inbox
         out: list[tuple[str, str | None, Path, Any]] = [(e.name, None, inbox, e) for e in scan(inbox)]
         buyers = buyer_inboxes(inbox)
+        # Watched before they are listed: a file that comes after the listing then has its event.
+        self._watch_buyers([d for _, d in buyers])
         for account, d in buyers:
             out.extend((f"{account}/{e.name}", account, d, e) for e in scan(d))
-        self._watch_buyers([d for _, d in buyers])
         return out
 
     def _wait_time(self) -> float:
@@ -312,15 +412,39 @@ class Daemon:
             t = min(t, min(self.retry_at.values()) - time.monotonic())
         pending = self.pipeline.unsynced_since(0.0) if hasattr(self, "pipeline") else False
         if pending:
-            t = min(t, max(0.0, pending + SYNC_DELAY - time.monotonic()))
+            t = min(t, max(0.0, pending + self._sync_delay() - time.monotonic()))
         wd = self.notifier.watchdog_interval()
         if wd:
             t = min(t, wd / 2)  # WATCHDOG=1 comes from this loop, so it must turn often enough
         return max(0.01, t)
 
+    def _sync_delay(self) -> float:
+        """How old the oldest commit not yet durable may get before the loop fsyncs the WAL itself."""
+        return BUSY_SYNC_DELAY if self.in_flight else SYNC_DELAY
+
     def _start_observer(self) -> Any:
         handler = _Events(self.wake, self.settings.inbox)
         self.events = handler
+        try:
+            watch = _InboxWatch(handler, self.wake)
+            try:
+                # The admin's inbox may be a link to where it lives (another disk): the watch is
+                # on that directory (IN_DONT_FOLLOW | IN_ONLYDIR refuses a link). Buyer inboxes
+                # under it are never followed (`buyer_inboxes` skips links).
+                watch.watch(Path(os.path.realpath(self.settings.inbox)))
+                watch.start()
+            except BaseException:
+                watch.stop()  # closes the inotify instance and its pipe (not leaked)
+                raise
+        except (ImportError, AttributeError, TypeError):  # not Linux, or a watchdog without InotifyFD
+            pass
+        except OSError as exc:
+            log.warning("cannot watch %s (%s); relying on periodic scans", self.settings.inbox, exc)
+            return None
+        else:
+            self._observer = watch
+            return watch
+        observer: Any
         try:
             from watchdog.observers import Observer
         except Exception as exc:  # pragma: no cover
@@ -347,12 +471,18 @@ class Daemon:
         if observer is None:
             return
         watched: set[Path] = self.__dict__.setdefault("_watched", set())
+        if isinstance(observer, _InboxWatch):
+            for prefix in observer.take_lost():  # removed since: a directory made again is a new one
+                watched.discard(self.settings.inbox / prefix.rstrip("/"))
         for d in dirs:
             if d in watched:
                 continue
             watched.add(d)
             try:
-                _schedule(observer, self.events, d)
+                if isinstance(observer, _InboxWatch):
+                    observer.watch(d, f"{d.name}/")
+                else:
+                    _schedule(observer, self.events, d)
             except Exception as exc:
                 log.warning("cannot watch %s (%s); relying on periodic scans", d, exc)
 

@@ -63,6 +63,8 @@ class MockTrainer:
         base = ctx.options.get("home", ".")
         progress(dict(DATA_LOADED))
         X, y, Xt, yt = datasets.load(info, base)
+        # float64 once: `X @ W` with float32 X and float64 W cast X on every product (the same values)
+        X = X.astype(np.float64)
         rng = np.random.default_rng(job.seed)
         d = X.shape[1]
         classes = int(info.n_classes or 2) if job.task == "classification" else 1

@@ -129,73 +129,41 @@ def history_path(settings: Any, row_id: int) -> Path:
 class _History:
     """Appends a job's progress to its history file; best effort (no fsync: it is a view, not a record).
 
-    Creating a file is the dearest file operation of a job on ext4 (about as much as writing,
-    fsyncing and renaming one, docs/benchmarks.md (a)): the file is created by a background thread
-    while the job starts training. Lines written before it exists wait in memory and are written
-    by that thread as soon as it has created the file; later lines go straight to the file, as
-    before (`jobs logs` reads it while a job runs). `close`, at the end of training and before
-    anything is published, waits for the file: a job whose artifact is out has its history on file.
+    Each line is written through (`jobs logs` reads the file while a job runs). The file is created
+    here, in the job's thread: an empty file's creation costs about 30 µs on this machine's ext4
+    (measured, docs/benchmarks.md (a), round five); round four created it in a background thread,
+    whose hand-offs (a future, a lock, the GIL) cost the daemon more than the creation itself.
     """
 
     def __init__(self, settings: Any, row_id: int, job: Job, backend: str, plan: PrivacyPlan):
         self.path = history_path(settings, row_id)
-        self.lines: list[str] = []
         self.fh: Any = None
-        self.lock = threading.Lock()
+        with contextlib.suppress(OSError):
+            try:
+                self.fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+            except FileNotFoundError:  # the first job of a home (or state/history/ was removed)
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self.fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         meta = {"type": "job", "at": time.time(), "job_id": job.job_id, "account": job.user_id,
                 "dataset": job.dataset, "backend": backend, "epochs": job.epochs, "batch_size": job.batch_size,
                 "learning_rate": job.learning_rate, "model": job.model.type, "hidden": list(job.model.hidden),
                 "epsilon_requested": job.dp.epsilon, "delta": plan.delta, "epsilon_planned": plan.epsilon,
                 "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps}
         self.write(meta)
-        self.opening: Any = _history_pool().submit(self._open)
-
-    def _open(self) -> None:  # in the history thread
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fh = open(self.path, "a", encoding="utf-8")
-        with self.lock:
-            try:
-                fh.write("".join(self.lines))
-                fh.flush()
-            finally:
-                self.lines = []
-                self.fh = fh
 
     def write(self, record: dict[str, Any]) -> None:
+        fh = self.fh
+        if fh is None:
+            return
         with contextlib.suppress(OSError, TypeError, ValueError):
-            line = json.dumps(record, default=str) + "\n"
-            with self.lock:
-                if self.fh is None:
-                    self.lines.append(line)
-                    return
-                self.fh.write(line)
-                self.fh.flush()
+            fh.write(json.dumps(record, default=str) + "\n")
+            fh.flush()
 
     def close(self) -> None:
-        if self.opening is None:
-            return
-        with contextlib.suppress(Exception):
-            self.opening.result()  # raises what the open raised: the history is then lost (best effort)
-        with self.lock, contextlib.suppress(Exception):
-            if self.fh is not None:
-                self.fh.close()
-        self.opening = None
-
-
-_HISTORY_POOL: Any = None
-_HISTORY_POOL_LOCK = threading.Lock()
-
-
-def _history_pool() -> Any:
-    """One thread that creates history files (module-wide, started at the first job)."""
-    global _HISTORY_POOL
-    if _HISTORY_POOL is None:
-        with _HISTORY_POOL_LOCK:
-            if _HISTORY_POOL is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                _HISTORY_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
-    return _HISTORY_POOL
+        fh, self.fh = self.fh, None
+        if fh is not None:
+            with contextlib.suppress(Exception):
+                fh.close()
 
 
 @dataclass
@@ -402,7 +370,8 @@ class Pipeline:
 
     def flush_unsynced(self) -> int:
         """Make the success commits not yet durable durable (one fsync of the ledger's WAL) and remove
-        their spool files; the daemon calls it when it has nothing in flight, and at shutdown.
+        their spool files; the daemon calls it when no reservation did for a while (50 ms with nothing in
+        flight, 0.5 s with jobs in flight: one may have reserved before the last commit), and at shutdown.
         Returns how many files it settled."""
         if not self._unsynced:
             return 0
@@ -413,6 +382,7 @@ class Pipeline:
         except OSError as exc:
             log.error("the ledger %s could not be synced (%s); %d settled job file(s) stay spooled",
                       self.settings.ledger_path, exc, n)
+            self._unsynced_at = time.monotonic() + 1.0  # the next try in about a second, not at the next turn
             return 0
         faults.point("synced")
         self._synced(mark)
@@ -586,11 +556,14 @@ class Pipeline:
         self._local.touched = False
         self._local.touched_job = job.job_id
         private_data = not self._dataset_public(job)
-        # Per-epoch lines: at INFO for the first and last epoch and at most one per
-        # `daemon.progress_log_seconds` between (DEBUG otherwise), so a 1000-epoch job does
-        # not flood the journal; the whole history goes into the job's final progress row.
+        # Per-epoch lines at INFO at most once per `daemon.progress_log_seconds`, the first one that
+        # long into training, and the last epoch when an earlier one was at INFO (DEBUG otherwise):
+        # a 1000-epoch job does not flood the journal, and a job shorter than that logs no epoch
+        # line at INFO (its "trained" line says how it ended; every epoch is in its history file
+        # and its final progress row).
         history: list[dict[str, Any]] = []
-        last_info = [-math.inf]
+        last_info = [time.monotonic()]
+        logged_epoch = [False]
         throttle = float(self.settings.daemon.get("progress_log_seconds", 10.0))
         history_file = _History(self.settings, row_id, job, trainer.name, plan)  # `jobs logs`
 
@@ -616,8 +589,8 @@ class Pipeline:
             now_m = time.monotonic()
             final = p.get("epoch") == p.get("epochs")
             level = logging.DEBUG
-            if final or p.get("epoch") == 1 or now_m - last_info[0] >= throttle:
-                level, last_info[0] = logging.INFO, now_m
+            if now_m - last_info[0] >= throttle or (final and logged_epoch[0]):
+                level, last_info[0], logged_epoch[0] = logging.INFO, now_m, True
             fields = {"epoch": p.get("epoch"), "epochs": p.get("epochs"), "loss": p.get("loss"),
                       "epsilon_so_far": p.get("epsilon"), "epsilon_exact": p.get("epsilon_exact")}
             log.log(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,10 @@ def test_a_backlog_drains_with_a_bounded_number_of_inbox_scans(tmp_path: Path, m
     cfg = home / "pandacead.toml"
     cfg.write_text(cfg.read_text().replace("rescan_interval = 0.2", "rescan_interval = 60"))
     n = 40
+    old = time.time() - 60  # a backlog: files that waited while no daemon ran (past the settle time)
     for i in range(n):
         drop(home, f"b-{i:03d}.json", job(f"b-{i:03d}", epsilon=0.1))
+        os.utime(home / "inbox" / f"b-{i:03d}.json", (old, old))
     scans: list[int] = []
     real_scan = daemon_mod.scan
 

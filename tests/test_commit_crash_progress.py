@@ -326,9 +326,9 @@ def test_a_succeeded_job_whose_spool_file_waits_for_the_sync_is_not_queued(tmp_p
         sp.release()
 
 
-def test_the_history_file_is_created_in_the_background_and_written_through(tmp_path: Path) -> None:
-    """`jobs logs` reads a running job's history: every line is on file as soon as the background
-    thread has created it, and each later line at once, before `close`."""
+def test_the_history_file_is_written_through(tmp_path: Path) -> None:
+    """`jobs logs` reads a running job's history: every line is on file as soon as it is reported,
+    before `close`; the first job of a home creates state/history/."""
     import json as _json
 
     from pandacead.jobs import Job
@@ -336,15 +336,18 @@ def test_the_history_file_is_created_in_the_background_and_written_through(tmp_p
     from pandacead.trainers import PrivacyPlan
 
     s = _settings(make_home(tmp_path / "h"))
+    path = history_path(s, 41)
+    if path.parent.exists():
+        path.parent.rmdir()
     plan = PrivacyPlan(epsilon=1.0, delta=1e-5, noise_multiplier=None, sample_rate=0.1, steps=None,
                        accountant="declared", n_train=100)
     h = _History(s, 41, Job("hj", "alice"), "mock", plan)
     h.write({"type": "progress", "stage": "data_loaded"})
-    h.opening.result(timeout=30)
-    path = history_path(s, 41)
     assert [r.get("type") for r in map(_json.loads, path.read_text().splitlines())] == ["job", "progress"]
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
     h.write({"type": "progress", "epoch": 1, "epochs": 1})
     assert len(path.read_text().splitlines()) == 3  # written through, before close
     h.close()
     h.close()  # twice is harmless
+    h.write({"type": "progress", "epoch": 2})  # after close: dropped, no error
     assert _json.loads(path.read_text().splitlines()[-1])["epoch"] == 1

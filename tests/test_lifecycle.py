@@ -283,9 +283,11 @@ def test_json_logs_carry_progress_fields_and_long_jobs_are_throttled(tmp_path):
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     lines = [json.loads(x) for x in r.stderr.decode().splitlines() if x.startswith("{")]
     epochs = [x for x in lines if x["msg"].startswith("job long progress")]
-    assert 3 <= len(epochs) <= 12, len(epochs)  # first, last, and about one per 0.5 s (20 × 0.1 s)
+    # About one per 0.5 s (20 × 0.1 s), the first 0.5 s into training, and the last epoch (#20 round
+    # five: no line for the first epoch of a job, whose start the "reads the data" line already says).
+    assert 2 <= len(epochs) <= 12, len(epochs)
     first, final = epochs[0], epochs[-1]
-    assert first["epoch"] == 1 and final["epoch"] == 20 and final["epochs"] == 20
+    assert 2 <= first["epoch"] <= 10 and final["epoch"] == 20 and final["epochs"] == 20
     assert final["job_id"] == "long" and final["user_id"] == "alice"
     assert isinstance(final["loss"], float) and final["epsilon_so_far"] > 0
     led = ledger(home)

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -327,6 +328,24 @@ class Budget:
         }
 
 
+
+_WRITER_LOCKS: dict[str, Any] = {}
+_WRITER_LOCKS_GUARD = threading.Lock()
+
+
+def _writer_lock(path: Path) -> Any:
+    """The lock this process's threads take around a write transaction on the ledger at `path`.
+
+    Re-entrant: a transaction begun inside another one of the same thread fails at once, as it did
+    before this lock (SQLite's "cannot start a transaction within a transaction"), instead of
+    waiting 120 s for a lock its own thread holds."""
+    key = os.path.realpath(path)
+    lock = _WRITER_LOCKS.get(key)
+    if lock is None:
+        with _WRITER_LOCKS_GUARD:
+            lock = _WRITER_LOCKS.setdefault(key, threading.RLock())
+    return lock
+
 class Ledger:
     """One connection to the ledger database. Not shared between threads."""
 
@@ -357,6 +376,7 @@ class Ledger:
         self.approx_delta_share = float(approx_delta_share)
         self.actor = actor
         self._writing = False  # inside `transaction()`: the kept filter state may be written
+        self._writer = _writer_lock(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=busy_timeout, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
@@ -440,9 +460,16 @@ class Ledger:
         cut until the next durable commit (any connection's) or `sync()` fsyncs the WAL. Only the
         success commit uses it (docs/reliability.md, "One durable commit per job")."""
         deadline = time.monotonic() + 120
-        if not durable:
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-        try:
+        # Threads of this process queue on a lock of their own first: SQLite's busy handler would
+        # make a second writer sleep 1, 2, 5, 10 ... ms between tries, far longer than a job's
+        # commit holds the write lock (the daemon's next job reserves while the last one commits).
+        # Other processes still meet SQLite's lock and its busy timeout.
+        lock = self._writer
+        if not lock.acquire(timeout=120):
+            raise sqlite3.OperationalError("database is locked (by another thread of this process)")
+        try:  # (from here on, whatever raises releases the lock: a closed connection included)
+            if not durable:
+                self.conn.execute("PRAGMA synchronous = NORMAL")
             while True:
                 try:
                     self.conn.execute("BEGIN IMMEDIATE")
@@ -462,8 +489,11 @@ class Ledger:
             finally:
                 self._writing = False
         finally:
-            if not durable:
-                self.conn.execute("PRAGMA synchronous = FULL")
+            try:
+                if not durable:
+                    self.conn.execute("PRAGMA synchronous = FULL")
+            finally:
+                lock.release()
 
     def sync(self) -> None:
         """Make every transaction committed so far durable: fsync the WAL (what a durable commit does).
