@@ -42,7 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import floor  # noqa: E402
-from common import bench_root, drop, job, make_home, median, rm_tree  # noqa: E402
+from common import bench_root, drop, in_process_pipeline, job, make_home, median, rm_tree  # noqa: E402
 
 
 def io_floor(work: Path, n: int, artifact_bytes: int, envelope_bytes: int, job_bytes: int = 320) -> dict[str, Any]:
@@ -128,21 +128,13 @@ def pieces(reps: int = 300) -> dict[str, float]:
     import io
 
     from pandacead import artifacts, signing
-    from pandacead.app import App
-    from pandacead.config import load_settings
     from pandacead.logs import setup_logging
-    from pandacead.pipeline import Pipeline
-    from pandacead.spool import Spool, read_job_file
+    from pandacead.spool import read_job_file
 
     root = bench_root()
     home = make_home(root / "home")
     try:
-        s = load_settings(home, environ={})
-        app = App(s)
-        spool = Spool(s.spool)
-        spool.acquire()
-        pl = Pipeline(s, app.plugins, app.ctx, spool.owner, public_keys=app.public_keys, noise_key=app.noise_key)
-        led = pl.ledger()
+        s, spool, pl, led = in_process_pipeline(home)
         drop(s.inbox, "p.json", job("p", user_id="u1", epsilon=0.01))
         spooled = spool.claim(s.inbox, "p.json")
         assert spooled is not None
@@ -179,8 +171,8 @@ def pieces(reps: int = 300) -> dict[str, float]:
         led.transaction = orig_tx  # type: ignore[method-assign]
         reports: list[dict[str, Any]] = []
         out["mock training (numpy, safetensors)"] = _warm(
-            lambda: tr.train(j, plan, app.ctx, reports.append), reps)
-        res = tr.train(j, plan, app.ctx, reports.append)
+            lambda: tr.train(j, plan, pl.ctx, reports.append), reps)
+        res = tr.train(j, plan, pl.ctx, reports.append)
         rel, n_source = pl.released(j, res)
         art = artifacts.build_artifact(j, tr.name, rel, plan, n_source=n_source)
         body = artifacts.artifact_bytes(art)

@@ -37,6 +37,7 @@ from common import (  # noqa: E402
     bench_root,
     cpu_seconds,
     drop,
+    in_process_pipeline,
     job,
     make_home,
     median,
@@ -185,21 +186,12 @@ def stages(n: int = 150, epochs: int = 2) -> dict[str, Any]:
     import logging
 
     from pandacead import artifacts
-    from pandacead.app import App
-    from pandacead.config import load_settings
-    from pandacead.pipeline import Pipeline
-    from pandacead.spool import Spool
 
     root = bench_root()
     home = make_home(root / "home")
     logging.disable(logging.CRITICAL)
     try:
-        s = load_settings(home, environ={})
-        app = App(s)
-        spool = Spool(s.spool)
-        spool.acquire()
-        pl = Pipeline(s, app.plugins, app.ctx, spool.owner, public_keys=app.public_keys, noise_key=app.noise_key)
-        led = pl.ledger()
+        s, spool, pl, led = in_process_pipeline(home)
 
         def claim(i: int) -> Path:
             drop(s.inbox, f"s{i}.json", job(f"s{i}", user_id=f"u{i % 50}", epsilon=0.01, epochs=epochs))

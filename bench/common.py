@@ -102,6 +102,22 @@ def make_home(path: Path, *, backend: str = "mock", workers: int = 1, trainer_ex
     return path
 
 
+def in_process_pipeline(home: Path) -> tuple[Any, Any, Any, Any]:
+    """(settings, spool, pipeline, ledger) of `home`, in this process, the spool acquired (release it):
+    the objects `pandacead run` builds, for timing the pipeline's pieces without a daemon."""
+    from pandacead.app import App
+    from pandacead.config import load_settings
+    from pandacead.pipeline import Pipeline
+    from pandacead.spool import Spool
+
+    s = load_settings(home, environ={})
+    app = App(s)
+    spool = Spool(s.spool)
+    spool.acquire()
+    pl = Pipeline(s, app.plugins, app.ctx, spool.owner, public_keys=app.public_keys, noise_key=app.noise_key)
+    return s, spool, pl, pl.ledger()
+
+
 def job(job_id: str, *, user_id: str = "alice", epsilon: float = 1.0, epochs: int = 2,
         batch_size: int = 64, backend: str | None = None, **kw: Any) -> dict[str, Any]:
     j: dict[str, Any] = {

@@ -226,10 +226,9 @@ class _InboxWatch:
 #: the last success commits durable and removing their spool files. The next job's reservation
 #: does it for free when it comes sooner (a stream of jobs pays one fsync per job, not two).
 SYNC_DELAY = 0.05
-#: The same while jobs are in flight. A job that reserved while the last one committed (its slot is
-#: freed at publication, `Daemon._capacity`) does not make that commit durable: without this the
-#: commit stayed unsynced, its spool file kept, and the loop woke every 10 ms (`_wait_time`), for
-#: the whole training of the next job.
+#: The same while jobs are in flight. With `workers` ≥ 2 a job that reserved before another one
+#: committed does not make that commit durable: without this the commit stayed unsynced, its spool
+#: file kept, and the loop woke every 10 ms (`_wait_time`), for the whole training of that job.
 BUSY_SYNC_DELAY = 0.5
 
 

@@ -174,3 +174,36 @@ def ledger(home: Path) -> Any:
     from pandacead.ledger import Ledger
 
     return Ledger.from_settings(load_settings(home, environ={}), actor="test")
+
+
+def start_daemon_thread(home: Path) -> tuple[Any, Any, list[int]]:
+    """A real `Daemon` running in a thread (not the main one: no signal handlers), once its first
+    turn of the loop is done; stop it with `stop_daemon_thread`."""
+    import threading
+
+    from pandacead import daemon as daemon_mod
+    from pandacead.config import load_settings
+
+    d = daemon_mod.Daemon(load_settings(home, environ={}))
+    rc: list[int] = []
+    t = threading.Thread(target=lambda: rc.append(d.run()), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not hasattr(d, "events") or d._last_status[0] == "":
+        assert time.monotonic() < deadline, "the daemon did not start"
+        assert t.is_alive(), "the daemon thread died at start-up"
+        time.sleep(0.02)
+    return d, t, rc
+
+
+def stop_daemon_thread(d: Any, t: Any, rc: list[int]) -> None:
+    d.stop_requested = True
+    d.wake.set()
+    t.join(timeout=60)
+    assert not t.is_alive() and rc == [0]
+
+
+def slow_rescans(home: Path) -> None:
+    """Only an event can wake the daemon in time: its periodic scan comes once an hour."""
+    cfg = home / "pandacead.toml"
+    cfg.write_text(cfg.read_text().replace("rescan_interval = 0.2", "rescan_interval = 3600"))

@@ -18,7 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DaemonProc, drop, job, ledger, make_home, outcomes, run_once, wait_for
+from conftest import (
+    DaemonProc,
+    drop,
+    job,
+    ledger,
+    make_home,
+    outcomes,
+    run_once,
+    slow_rescans,
+    start_daemon_thread,
+    stop_daemon_thread,
+    wait_for,
+)
 
 from pandacead import daemon as daemon_mod
 from pandacead.config import load_settings
@@ -27,33 +39,7 @@ from pandacead.ledger import Ledger
 FAST = {"PANDACEAD_DAEMON__RETRY_SECONDS": "0.2", "PANDACEAD_DAEMON__RETRY_MAX_SECONDS": "1"}
 
 
-# -- helpers: a real daemon in a thread ----------------------------------------------------------
-
-
-def _start(home: Path) -> tuple[daemon_mod.Daemon, threading.Thread, list[int]]:
-    d = daemon_mod.Daemon(load_settings(home, environ={}))
-    rc: list[int] = []
-    t = threading.Thread(target=lambda: rc.append(d.run()), daemon=True)  # not main: no signal handlers
-    t.start()
-    deadline = time.monotonic() + 60
-    while not hasattr(d, "events") or d._last_status[0] == "":
-        assert time.monotonic() < deadline, "the daemon did not start"
-        assert t.is_alive(), "the daemon thread died at start-up"
-        time.sleep(0.02)
-    return d, t, rc
-
-
-def _stop(d: daemon_mod.Daemon, t: threading.Thread, rc: list[int]) -> None:
-    d.stop_requested = True
-    d.wake.set()
-    t.join(timeout=60)
-    assert not t.is_alive() and rc == [0]
-
-
-def _slow_rescans(home: Path) -> None:
-    """Only an event can wake the daemon in time: its periodic scan comes once an hour."""
-    cfg = home / "pandacead.toml"
-    cfg.write_text(cfg.read_text().replace("rescan_interval = 0.2", "rescan_interval = 3600"))
+# -- helpers (a real daemon in a thread: conftest.start_daemon_thread) ------------------------------
 
 
 def _settled(home: Path, n: int, timeout: float = 60) -> dict[str, str]:
@@ -193,7 +179,7 @@ def test_a_job_cancelled_while_the_last_one_commits_is_refused_uncharged(
     s = load_settings(home, environ={})
     log: list[tuple[str, str, float]] = []
     with _slow_commits(monkeypatch, 0.5, log):
-        d, t, rc = _start(home)
+        d, t, rc = start_daemon_thread(home)
         try:
             drop(home, "first.json", job("first", epsilon=0.5))
             wait_for(lambda: any(e[0] == "commit" for e in log), timeout=30)
@@ -203,7 +189,7 @@ def test_a_job_cancelled_while_the_last_one_commits_is_refused_uncharged(
             drop(home, "second.json", job("second", epsilon=0.5))
             got = _settled(home, 2)
         finally:
-            _stop(d, t, rc)
+            stop_daemon_thread(d, t, rc)
     assert got == {"first": "artifact", "second": "error"}
     report = json.loads((home / "outbox" / "second.error.json").read_text())
     assert "cancelled before it started" in json.dumps(report)
@@ -301,7 +287,7 @@ def test_the_cli_writing_while_the_daemon_commits_is_queued_not_lost(tmp_path: P
     home = make_home(tmp_path / "h")
     log: list[tuple[str, str, float]] = []
     with _slow_commits(monkeypatch, 0.3, log):
-        d, t, rc = _start(home)
+        d, t, rc = start_daemon_thread(home)
         try:
             for i in range(3):
                 drop(home, f"c{i}.json", job(f"c{i}", epsilon=0.5, seed=i))
@@ -310,7 +296,7 @@ def test_the_cli_writing_while_the_daemon_commits_is_queued_not_lost(tmp_path: P
             assert r.returncode == 0, r.stderr.decode()[-2000:]
             _settled(home, 3)
         finally:
-            _stop(d, t, rc)
+            stop_daemon_thread(d, t, rc)
     tot = _ledger_totals(home)
     assert tot["spent"] == pytest.approx(1.5) and tot["reserved"] == 0
     led = ledger(home)
@@ -333,19 +319,19 @@ def test_the_watch_thread_dying_leaves_the_periodic_scan(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(InotifyFD, "read_events", broken)
     home = make_home(tmp_path / "h")
-    d, t, rc = _start(home)
+    d, t, rc = start_daemon_thread(home)
     try:
         assert isinstance(d._observer, daemon_mod._InboxWatch)
         wait_for(lambda: not d._observer.thread.is_alive(), timeout=10)
         drop(home, "late.json", job("late", epsilon=0.1))
         assert _settled(home, 1, timeout=30) == {"late": "artifact"}
     finally:
-        _stop(d, t, rc)
+        stop_daemon_thread(d, t, rc)
 
 
 def test_a_queue_overflow_wakes_the_loop(tmp_path: Path) -> None:
     home = make_home(tmp_path / "h")
-    d, t, rc = _start(home)
+    d, t, rc = start_daemon_thread(home)
     try:
         w = d._observer
         assert isinstance(w, daemon_mod._InboxWatch)
@@ -353,7 +339,7 @@ def test_a_queue_overflow_wakes_the_loop(tmp_path: Path) -> None:
         w.on_queue_overflow()
         assert d.wake.is_set()
     finally:
-        _stop(d, t, rc)
+        stop_daemon_thread(d, t, rc)
 
 
 def _buyer(home: Path, name: str, epsilon: float = 5.0) -> Path:
@@ -380,8 +366,8 @@ def test_a_file_dropped_while_a_new_buyer_inbox_is_first_scanned_is_not_left_to_
     and was not in the listing: with the hourly rescan it waited an hour. The watch must exist
     before the listing."""
     home = make_home(tmp_path / "h")
-    _slow_rescans(home)
-    d, t, rc = _start(home)
+    slow_rescans(home)
+    d, t, rc = start_daemon_thread(home)
     real_scan = daemon_mod.scan
     hit: list[bool] = []
 
@@ -398,16 +384,16 @@ def test_a_file_dropped_while_a_new_buyer_inbox_is_first_scanned_is_not_left_to_
         wait_for(lambda: hit, timeout=20)
         assert wait_for(lambda: (home / "outbox" / "bob" / "b1.json").exists(), timeout=20)
     finally:
-        _stop(d, t, rc)
+        stop_daemon_thread(d, t, rc)
 
 
 def test_a_buyer_inbox_removed_and_made_again_is_watched_again(tmp_path: Path) -> None:
     """`buyers remove` then `buyers add` of one account (a new directory): its new inbox gets a watch,
     so its files are not left to the hourly rescan."""
     home = make_home(tmp_path / "h")
-    _slow_rescans(home)
+    slow_rescans(home)
     inbox = _buyer(home, "carol")
-    d, t, rc = _start(home)
+    d, t, rc = start_daemon_thread(home)
     try:
         _drop_in(inbox, "c1.json", job("c1", user_id="carol", epsilon=0.1))
         assert wait_for(lambda: (home / "outbox" / "carol" / "c1.json").exists(), timeout=20)
@@ -418,7 +404,7 @@ def test_a_buyer_inbox_removed_and_made_again_is_watched_again(tmp_path: Path) -
         _drop_in(inbox, "c2.json", job("c2", user_id="carol", epsilon=0.1))
         assert wait_for(lambda: (home / "outbox" / "carol" / "c2.json").exists(), timeout=20)
     finally:
-        _stop(d, t, rc)
+        stop_daemon_thread(d, t, rc)
 
 
 def test_hostile_entries_in_the_inbox_do_not_break_the_watch(tmp_path: Path) -> None:
@@ -426,8 +412,8 @@ def test_hostile_entries_in_the_inbox_do_not_break_the_watch(tmp_path: Path) -> 
     FIFO: none is claimed as a job, none stops the watch, and a real job after them is claimed at
     once (by its event: the rescan is hourly)."""
     home = make_home(tmp_path / "h")
-    _slow_rescans(home)
-    d, t, rc = _start(home)
+    slow_rescans(home)
+    d, t, rc = start_daemon_thread(home)
     inbox = home / "inbox"
     try:
         secret = tmp_path / "secret.json"
@@ -443,7 +429,7 @@ def test_hostile_entries_in_the_inbox_do_not_break_the_watch(tmp_path: Path) -> 
         drop(home, "real.json", job("real", epsilon=0.1))
         wait_for(lambda: outcomes(home).get("real"), timeout=20)
     finally:
-        _stop(d, t, rc)
+        stop_daemon_thread(d, t, rc)
     assert outcomes(home).get("real") == "artifact"
     assert "stolen" not in outcomes(home)
     assert secret.exists()
@@ -451,15 +437,15 @@ def test_hostile_entries_in_the_inbox_do_not_break_the_watch(tmp_path: Path) -> 
 
 def test_daemons_started_and_stopped_in_one_process_leak_no_thread_nor_descriptor(tmp_path: Path) -> None:
     home = make_home(tmp_path / "h")
-    d, t, rc = _start(home)  # the first start warms imports and the history pool of earlier code
-    _stop(d, t, rc)
+    d, t, rc = start_daemon_thread(home)  # the first start warms imports and the history pool of earlier code
+    stop_daemon_thread(d, t, rc)
     del d
     gc.collect()
     fds_before = len(os.listdir("/proc/self/fd"))
     threads_before = threading.active_count()
     for _ in range(4):
-        d, t, rc = _start(home)
-        _stop(d, t, rc)
+        d, t, rc = start_daemon_thread(home)
+        stop_daemon_thread(d, t, rc)
         del d
         gc.collect()
     assert not [th for th in threading.enumerate() if th.name in ("inbox-watch",) or th.name.startswith("job")]
@@ -477,17 +463,17 @@ def test_a_watch_that_cannot_start_closes_its_inotify_instance(tmp_path: Path, m
 
     monkeypatch.setattr(InotifyFD, "add_callback", full)
     home = make_home(tmp_path / "h")
-    d, t, rc = _start(home)
-    _stop(d, t, rc)
+    d, t, rc = start_daemon_thread(home)
+    stop_daemon_thread(d, t, rc)
     del d
     gc.collect()
     fds_before = len(os.listdir("/proc/self/fd"))
     for _ in range(3):
-        d, t, rc = _start(home)
+        d, t, rc = start_daemon_thread(home)
         assert not isinstance(getattr(d, "_observer", None), daemon_mod._InboxWatch)
         drop(home, f"s{_}.json", job(f"s{_}", epsilon=0.1))
         wait_for(lambda n=_: outcomes(home).get(f"s{n}"), timeout=20)
-        _stop(d, t, rc)
+        stop_daemon_thread(d, t, rc)
         del d
         gc.collect()
     assert len(os.listdir("/proc/self/fd")) <= fds_before + 1
@@ -534,7 +520,7 @@ def test_a_commit_the_next_reservation_preceded_is_synced_while_that_job_trains_
         real_tick(self, first)
 
     monkeypatch.setattr(daemon_mod.Daemon, "_tick", tick)
-    d, t, rc = _start(home)
+    d, t, rc = start_daemon_thread(home)
     try:
         drop(home, "l0.json", job("l0", epochs=1, seed=0))
         drop(home, "l1.json", job("l1", epochs=4, seed=1))
@@ -545,7 +531,7 @@ def test_a_commit_the_next_reservation_preceded_is_synced_while_that_job_trains_
         assert not outcomes(home).get("l1")
         wait_for(lambda: outcomes(home).get("l1"), timeout=30)
     finally:
-        _stop(d, t, rc)
+        stop_daemon_thread(d, t, rc)
     assert waiting_ticks[0] <= 30, f"the loop woke {waiting_ticks[0]} times waiting for a sync"
     tot = _ledger_totals(home)
     assert tot["spent"] == pytest.approx(2.0) and tot["reserved"] == 0
@@ -605,16 +591,16 @@ def test_an_inbox_that_is_a_link_to_its_directory_is_watched(tmp_path: Path) -> 
     it (ENOTDIR, "relying on periodic scans"; watchdog's Observer watched the link itself and saw
     nothing either); jobs waited for the hourly scan."""
     home = make_home(tmp_path / "h")
-    _slow_rescans(home)
+    slow_rescans(home)
     os.rename(home / "inbox", tmp_path / "real-inbox")
     os.symlink(tmp_path / "real-inbox", home / "inbox")
-    d, t, rc = _start(home)
+    d, t, rc = start_daemon_thread(home)
     try:
         assert isinstance(getattr(d, "_observer", None), daemon_mod._InboxWatch)
         drop(home, "via-link.json", job("via-link", epsilon=0.1))
         assert _settled(home, 1, timeout=20) == {"via-link": "artifact"}
     finally:
-        _stop(d, t, rc)
+        stop_daemon_thread(d, t, rc)
 
 
 def test_a_watch_whose_reads_return_nothing_does_not_spin(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -649,7 +635,7 @@ def test_a_wal_sync_that_fails_is_retried_after_the_delay_not_in_a_loop(
         attempts[0] += 1
         raise OSError(5, "Input/output error")
 
-    d, t, rc = _start(home)
+    d, t, rc = start_daemon_thread(home)
     try:
         monkeypatch.setattr(Ledger, "sync", failing)
         drop(home, "y.json", job("y", epsilon=0.1))
@@ -658,5 +644,5 @@ def test_a_wal_sync_that_fails_is_retried_after_the_delay_not_in_a_loop(
         assert attempts[0] <= 3, f"{attempts[0]} syncs tried in about a second"
         monkeypatch.undo()
     finally:
-        _stop(d, t, rc)
+        stop_daemon_thread(d, t, rc)
     assert not list((home / "state" / "spool").rglob("*.json"))  # settled by the shutdown's sync

@@ -9,51 +9,28 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import job, make_home, outcomes
+from conftest import (
+    job,
+    make_home,
+    outcomes,
+    slow_rescans,
+    start_daemon_thread,
+    stop_daemon_thread,
+    wait_for,
+)
 
 from pandacead import daemon as daemon_mod
-from pandacead.config import load_settings
 
 
-def _slow_rescans(home: Path) -> None:
-    """Only an event can wake the daemon in time: its periodic scan comes once an hour."""
-    cfg = home / "pandacead.toml"
-    cfg.write_text(cfg.read_text().replace("rescan_interval = 0.2", "rescan_interval = 3600"))
-
-
-def _start(home: Path) -> tuple[daemon_mod.Daemon, threading.Thread, list[int]]:
-    d = daemon_mod.Daemon(load_settings(home, environ={}))
-    rc: list[int] = []
-    t = threading.Thread(target=lambda: rc.append(d.run()), daemon=True)  # not main: no signal handlers
-    t.start()
-    deadline = time.monotonic() + 60
-    while not hasattr(d, "_observer") or d._last_status[0] == "":
-        assert time.monotonic() < deadline, "the daemon did not start"
-        time.sleep(0.02)
-    return d, t, rc
-
-
-def _stop(d: daemon_mod.Daemon, t: threading.Thread, rc: list[int]) -> None:
-    d.stop_requested = True
-    d.wake.set()
-    t.join(timeout=60)
-    assert not t.is_alive() and rc == [0]
-
-
-def _wait_outcome(home: Path, job_id: str, timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = outcomes(home).get(job_id)
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError(f"no outcome for {job_id} within {timeout} s: only a rescan would have found it")
+def _wait_outcome(home: Path, job_id: str) -> str:
+    """The job's outcome within 20 s: long before the hourly rescan (`slow_rescans`) would find it."""
+    return str(wait_for(lambda: outcomes(home).get(job_id), timeout=20, interval=0.02))
 
 
 def test_events_wake_the_daemon_for_every_way_a_job_arrives(tmp_path: Path) -> None:
     home = make_home(tmp_path / "h")
-    _slow_rescans(home)
-    d, t, rc = _start(home)
+    slow_rescans(home)
+    d, t, rc = start_daemon_thread(home)
     try:
         inbox = home / "inbox"
         assert isinstance(d._observer, daemon_mod._InboxWatch)
@@ -75,7 +52,7 @@ def test_events_wake_the_daemon_for_every_way_a_job_arrives(tmp_path: Path) -> N
         time.sleep(0.3)
         assert (inbox / ".half-written.json").exists()
     finally:
-        _stop(d, t, rc)
+        stop_daemon_thread(d, t, rc)
     names = {th.name for th in threading.enumerate()}
     assert "inbox-watch" not in names  # stopped with the daemon
 
@@ -83,7 +60,7 @@ def test_events_wake_the_daemon_for_every_way_a_job_arrives(tmp_path: Path) -> N
 def test_the_watch_runs_one_thread_not_watchdogs_three(tmp_path: Path) -> None:
     home = make_home(tmp_path / "h")
     before = {th.ident for th in threading.enumerate()}
-    d, t, rc = _start(home)
+    d, t, rc = start_daemon_thread(home)
     try:
         new = [th for th in threading.enumerate() if th.ident not in before and th is not t]
         watch = [th for th in new if th.name == "inbox-watch"]
@@ -92,7 +69,7 @@ def test_the_watch_runs_one_thread_not_watchdogs_three(tmp_path: Path) -> None:
         kinds = {type(th).__module__ for th in new}
         assert not any(k.startswith("watchdog") for k in kinds), kinds
     finally:
-        _stop(d, t, rc)
+        stop_daemon_thread(d, t, rc)
 
 
 def test_without_watchdogs_inotify_wrapper_the_observer_watches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,8 +80,8 @@ def test_without_watchdogs_inotify_wrapper_the_observer_watches(tmp_path: Path, 
 
     monkeypatch.setattr(daemon_mod._InboxWatch, "__init__", unavailable)
     home = make_home(tmp_path / "h")
-    _slow_rescans(home)
-    d, t, rc = _start(home)
+    slow_rescans(home)
+    d, t, rc = start_daemon_thread(home)
     try:
         assert not isinstance(d._observer, daemon_mod._InboxWatch)
         tmp = home / "inbox" / ".b.json.tmp"
@@ -112,14 +89,14 @@ def test_without_watchdogs_inotify_wrapper_the_observer_watches(tmp_path: Path, 
         os.rename(tmp, home / "inbox" / "ev-observer.json")
         assert _wait_outcome(home, "ev-observer") == "artifact"
     finally:
-        _stop(d, t, rc)
+        stop_daemon_thread(d, t, rc)
 
 
 def test_a_stream_of_jobs_each_settles_once_with_one_training_at_a_time(tmp_path: Path) -> None:
     """30 jobs dropped at once into a daemon woken by its watch: every one succeeds and is charged
     once, one job at a time (`workers = 1`: the jobs' history files do not overlap)."""
     home = make_home(tmp_path / "h")
-    d, t, rc = _start(home)
+    d, t, rc = start_daemon_thread(home)
     try:
         inbox = home / "inbox"
         for i in range(30):
@@ -131,7 +108,7 @@ def test_a_stream_of_jobs_each_settles_once_with_one_training_at_a_time(tmp_path
             assert time.monotonic() < deadline, outcomes(home)
             time.sleep(0.05)
     finally:
-        _stop(d, t, rc)
+        stop_daemon_thread(d, t, rc)
     from pandacead.ledger import Ledger
 
     led = Ledger(home / "state" / "ledger.db")

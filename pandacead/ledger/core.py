@@ -328,7 +328,6 @@ class Budget:
         }
 
 
-
 _WRITER_LOCKS: dict[str, Any] = {}
 _WRITER_LOCKS_GUARD = threading.Lock()
 
@@ -345,6 +344,7 @@ def _writer_lock(path: Path) -> Any:
         with _WRITER_LOCKS_GUARD:
             lock = _WRITER_LOCKS.setdefault(key, threading.RLock())
     return lock
+
 
 class Ledger:
     """One connection to the ledger database. Not shared between threads."""
@@ -462,7 +462,7 @@ class Ledger:
         deadline = time.monotonic() + 120
         # Threads of this process queue on a lock of their own first: SQLite's busy handler would
         # make a second writer sleep 1, 2, 5, 10 ... ms between tries, far longer than a job's
-        # commit holds the write lock (the daemon's next job reserves while the last one commits).
+        # commit holds the write lock (with `workers` ≥ 2 one job reserves while another commits).
         # Other processes still meet SQLite's lock and its busy timeout.
         lock = self._writer
         if not lock.acquire(timeout=120):
